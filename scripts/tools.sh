@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the project's pinned tools into .bin/ (git-ignored). Idempotent:
+# a tool already present at the pinned version is not rebuilt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .bin
+export GOBIN="$PWD/.bin"
+install() { # name module@version
+	local stamp=".bin/.$1.version"
+	if [ -x ".bin/$1" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$2" ]; then return; fi
+	echo "installing $2" >&2
+	go install "$2"
+	echo "$2" >"$stamp"
+}
+install buf github.com/bufbuild/buf/cmd/buf@v1.75.0
+install protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+install protoc-gen-connect-go connectrpc.com/connect/cmd/protoc-gen-connect-go@v1.21.1
+install grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
+# Debian packages the tests use: PostgreSQL binaries and Ruby with the grpc gem.
+need_pkgs=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql)
+command -v ruby >/dev/null 2>&1 && ruby -e 'require "grpc"' 2>/dev/null || need_pkgs+=(ruby ruby-grpc ruby-google-protobuf)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+	echo "installing Debian packages: ${need_pkgs[*]}" >&2
+	SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+	$SUDO apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi

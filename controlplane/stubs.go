@@ -4,21 +4,8 @@ package controlplane
 
 import (
 	"github.com/kas-project/kas/gen/kas/dataplane/v1/dataplanev1connect"
-	"github.com/kas-project/kas/gen/kas/management/v1/managementv1connect"
 )
 
-type agentService struct {
-	*Server
-	managementv1connect.UnimplementedAgentServiceHandler
-}
-type credentialService struct {
-	*Server
-	managementv1connect.UnimplementedCredentialServiceHandler
-}
-type routingService struct {
-	*Server
-	managementv1connect.UnimplementedRoutingServiceHandler
-}
 type nodeService struct {
 	*Server
 	dataplanev1connect.UnimplementedNodeServiceHandler

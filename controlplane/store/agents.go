@@ -244,12 +244,21 @@ func (s *Store) PutAgentConfig(ctx context.Context, agentID int64, yaml string, 
 	c := AgentConfig{AgentID: agentID, YAML: yaml}
 	err := s.InTx(ctx, func(tx pgx.Tx) error {
 		// FOR NO KEY UPDATE serialises puts without blocking inserts that
-		// only reference the agent (tokens take FOR KEY SHARE).
+		// only reference the agent (tokens take FOR KEY SHARE). The current
+		// version is read by a later statement, whose snapshot (READ
+		// COMMITTED) includes the put that held the lock before.
+		if _, err := tx.Exec(ctx, `SELECT 1 FROM agents WHERE id = $1 FOR NO KEY UPDATE`, agentID); err != nil {
+			return fmt.Errorf("lock agent: %w", err)
+		}
+		var exists bool
 		var current int64
-		err := tx.QueryRow(ctx, `SELECT COALESCE((SELECT max(version) FROM agent_configs WHERE agent_id = a.id), 0)
-			FROM agents a WHERE a.id = $1 FOR NO KEY UPDATE OF a`, agentID).Scan(&current)
+		err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM agents WHERE id = $1),
+			COALESCE((SELECT max(version) FROM agent_configs WHERE agent_id = $1), 0)`, agentID).Scan(&exists, &current)
 		if err != nil {
-			return notFoundOn(err, "agent %d", agentID)
+			return fmt.Errorf("read agent config version: %w", err)
+		}
+		if !exists {
+			return fmt.Errorf("agent %d: %w", agentID, ErrNotFound)
 		}
 		if expected != 0 && expected != current {
 			return fmt.Errorf("agent %d configuration is at version %d, not %d: %w", agentID, current, expected, ErrStale)

@@ -17,8 +17,8 @@ import (
 
 // Log formats.
 const (
-	// FormatAuto is tint on a terminal, JSON otherwise.
-	FormatAuto = ""
+	// FormatAuto (or "") is tint on a terminal, JSON otherwise.
+	FormatAuto = "auto"
 	FormatJSON = "json"
 	// FormatText is human-readable text (tint; colours only on a terminal).
 	FormatText = "text"
@@ -42,10 +42,10 @@ func ParseLevel(s string) (slog.Level, error) {
 // CheckFormat checks a log format name.
 func CheckFormat(s string) error {
 	switch s {
-	case FormatAuto, FormatJSON, FormatText:
+	case "", FormatAuto, FormatJSON, FormatText:
 		return nil
 	}
-	return fmt.Errorf("%q is not one of json, text (or empty for automatic)", s)
+	return fmt.Errorf("%q is not one of auto, json, text", s)
 }
 
 // IsTerminal reports whether f is a terminal.
@@ -66,7 +66,7 @@ func NewLogger(w io.Writer, level, format string, terminal bool) (*slog.Logger, 
 		return nil, fmt.Errorf("log format: %w", err)
 	}
 	var h slog.Handler
-	if format == FormatJSON || (format == FormatAuto && !terminal) {
+	if format == FormatJSON || (format != FormatText && !terminal) {
 		h = slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lvl})
 	} else {
 		h = tint.NewHandler(w, &tint.Options{Level: lvl, NoColor: !terminal, TimeFormat: "15:04:05.000"})

@@ -63,7 +63,7 @@ func TestLoggerLevelAndFormat(t *testing.T) {
 	if _, err := NewLogger(io.Discard, "loud", "", false); err == nil || !strings.Contains(err.Error(), `log level: "loud" is not one of debug, info, warn, error`) {
 		t.Errorf("bad level: err = %v", err)
 	}
-	if _, err := NewLogger(io.Discard, "", "xml", false); err == nil || !strings.Contains(err.Error(), `log format: "xml" is not one of json, text`) {
+	if _, err := NewLogger(io.Discard, "", "xml", false); err == nil || !strings.Contains(err.Error(), `log format: "xml" is not one of auto, json, text`) {
 		t.Errorf("bad format: err = %v", err)
 	}
 }

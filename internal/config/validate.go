@@ -1,0 +1,214 @@
+package config
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/kas-project/kas/internal/obs"
+)
+
+// Role says what the process runs; Validate checks what the role needs.
+type Role int
+
+const (
+	// RoleAll checks every setting (kas all, and --verify-config without a role).
+	RoleAll Role = iota
+	// RoleControlplane is kas controlplane.
+	RoleControlplane
+	// RoleDataplane is kas dataplane.
+	RoleDataplane
+	// RoleMigrate is kas migrate: the database only.
+	RoleMigrate
+)
+
+func (r Role) usesDatabase() bool     { return r != RoleDataplane }
+func (r Role) usesControlplane() bool { return r == RoleAll || r == RoleControlplane }
+func (r Role) usesDataplane() bool    { return r == RoleAll || r == RoleDataplane }
+
+// KeySize is the decoded length of api_secret_key and private_api_secret_key.
+const KeySize = 32
+
+// Validate checks every setting role uses and reports all problems at once,
+// each naming its setting. It loads the secret keys into APISecretKey and
+// PrivateAPISecretKey.
+//
+// Key files may be unset for the control plane on the embedded database:
+// the caller generates them (EnsureEmbeddedKeys) before serving.
+func (c *Config) Validate(role Role) error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	addf := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if role.usesDatabase() {
+		if c.Database.URL != "" {
+			add(checkDatabaseURL(c.Database.URL))
+		} else if c.Database.DataDir == "" {
+			addf("database.data_dir: required when database.url is empty (the embedded database lives there)")
+		}
+	}
+
+	// Keys: the control plane needs both, a dataplane the private one.
+	needAPI := role.usesControlplane()
+	needPrivate := role.usesControlplane() || role.usesDataplane()
+	generated := c.Database.Embedded() && role.usesControlplane()
+	var err error
+	if c.APISecretKey, err = loadKey("api_secret_key_file", c.APISecretKeyFile, needAPI && !generated); err != nil {
+		add(err)
+	}
+	if c.PrivateAPISecretKey, err = loadKey("private_api_secret_key_file", c.PrivateAPISecretKeyFile, needPrivate && !generated); err != nil {
+		add(err)
+	}
+
+	if role.usesControlplane() {
+		add(c.Controlplane.Listen.Spec("controlplane.listen").Validate())
+		if c.Controlplane.LeaseTTL < time.Second {
+			addf("controlplane.lease_ttl: %v is too short, must be at least 1s", c.Controlplane.LeaseTTL)
+		}
+	}
+	if role.usesDataplane() {
+		d := c.Dataplane
+		add(checkControlplaneURL(d.ControlplaneURL))
+		add(d.Agent.Listen.Spec("dataplane.agent.listen").Validate())
+		add(d.KubernetesAPI.Listen.Spec("dataplane.kubernetes_api.listen").Validate())
+		add(d.PrivateAPI.Listen.Spec("dataplane.private_api.listen").Validate())
+		if p := d.KubernetesAPI.PathPrefix; !strings.HasPrefix(p, "/") || !strings.HasSuffix(p, "/") {
+			addf("dataplane.kubernetes_api.path_prefix: %q must start and end with /", p)
+		}
+		errs = append(errs, d.OwnPrivateAPI.check()...)
+	}
+	if role != RoleMigrate {
+		add(c.Observability.Listen.Spec("observability.listen").Validate())
+	}
+	if _, err := obs.ParseLevel(c.Observability.LogLevel); err != nil {
+		addf("observability.log_level: %w", err)
+	}
+	if err := obs.CheckFormat(c.Observability.LogFormat); err != nil {
+		addf("observability.log_format: %w", err)
+	}
+	return errors.Join(errs...)
+}
+
+// loadKey reads a key file: base64 text (surrounding white space ignored)
+// whose decoded value is exactly KeySize bytes. Error messages never
+// contain the key.
+func loadKey(setting, path string, required bool) ([]byte, error) {
+	if path == "" {
+		if required {
+			return nil, fmt.Errorf("%s: required (a file with the base64 encoding of %d random bytes, e.g. `head -c %d /dev/urandom | base64`)", setting, KeySize, KeySize)
+		}
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", setting, err)
+	}
+	text := strings.TrimSpace(string(b))
+	key, err := base64.StdEncoding.DecodeString(text)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %s does not hold base64 text", setting, path)
+	}
+	if len(key) != KeySize {
+		return nil, fmt.Errorf("%s: decoded value is %d bytes, must be exactly %d", setting, len(key), KeySize)
+	}
+	return key, nil
+}
+
+func checkDatabaseURL(s string) error {
+	if _, err := pgxpool.ParseConfig(s); err != nil {
+		msg := err.Error()
+		// pgx quotes the (password-redacted) URL first; the reason is enough.
+		if i := strings.Index(msg, "`: "); strings.HasPrefix(msg, "cannot parse `") && i > 0 {
+			msg = msg[i+3:]
+		}
+		return fmt.Errorf("database.url: not a valid PostgreSQL URL or DSN: %s", msg)
+	}
+	return nil
+}
+
+func checkControlplaneURL(s string) error {
+	const setting = "dataplane.controlplane_url"
+	u, err := url.Parse(s)
+	if err != nil || s == "" {
+		return fmt.Errorf("%s: %q is not a URL (for example http://kas-controlplane:8153)", setting, s)
+	}
+	switch u.Scheme {
+	case "http", "https":
+		if u.Host == "" {
+			return fmt.Errorf("%s: %q has no host", setting, s)
+		}
+		if u.Port() != "" {
+			if _, err := strconv.ParseUint(u.Port(), 10, 16); err != nil {
+				return fmt.Errorf("%s: %q has an invalid port", setting, s)
+			}
+		}
+	case "unix":
+		if u.Host != "" || !strings.HasPrefix(u.Path, "/") {
+			return fmt.Errorf("%s: %q must have the form unix:///absolute/path", setting, s)
+		}
+	default:
+		return fmt.Errorf("%s: %q must use http://, https:// or unix://", setting, s)
+	}
+	return nil
+}
+
+// check reports syntax problems of the OWN_PRIVATE_API_* values. Deriving
+// the URL (interface addresses, the listener's port) is left to
+// dataplane/discovery.
+func (o OwnPrivateAPI) check() []error {
+	var errs []error
+	if o.URL != "" && o.CIDR != "" {
+		errs = append(errs, errors.New("OWN_PRIVATE_API_URL and OWN_PRIVATE_API_CIDR (dataplane.own_private_api.url, .cidr): set one of them, not both"))
+	}
+	if o.URL != "" {
+		u, err := url.Parse(o.URL)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("OWN_PRIVATE_API_URL: %q is not a URL", o.URL))
+		case u.Scheme == "grpc" || u.Scheme == "grpcs":
+			if _, port, err := net.SplitHostPort(u.Host); err != nil || port == "" {
+				errs = append(errs, fmt.Errorf("OWN_PRIVATE_API_URL: %q must have the form %s://host:port", o.URL, u.Scheme))
+			}
+		case u.Scheme == "unix":
+			if u.Host != "" || !strings.HasPrefix(u.Path, "/") {
+				errs = append(errs, fmt.Errorf("OWN_PRIVATE_API_URL: %q must have the form unix:///absolute/path", o.URL))
+			}
+		default:
+			errs = append(errs, fmt.Errorf("OWN_PRIVATE_API_URL: %q must use grpc://, grpcs:// or unix://", o.URL))
+		}
+	}
+	if o.CIDR != "" {
+		for _, s := range strings.Split(o.CIDR, ",") {
+			if _, err := netip.ParsePrefix(strings.TrimSpace(s)); err != nil {
+				errs = append(errs, fmt.Errorf("OWN_PRIVATE_API_CIDR: %q is not a CIDR (for example 10.0.0.0/8 or 2001:db8::/64)", strings.TrimSpace(s)))
+			}
+		}
+	}
+	if o.Port != "" {
+		if n, err := strconv.ParseUint(o.Port, 10, 16); err != nil || n == 0 {
+			errs = append(errs, fmt.Errorf("OWN_PRIVATE_API_PORT: %q is not a port number from 1 to 65535", o.Port))
+		}
+	}
+	switch o.Scheme {
+	case "", "grpc", "grpcs":
+	default:
+		errs = append(errs, fmt.Errorf("OWN_PRIVATE_API_SCHEME: %q must be grpc or grpcs", o.Scheme))
+	}
+	if strings.ContainsAny(o.Host, "/: \t") && net.ParseIP(o.Host) == nil {
+		errs = append(errs, fmt.Errorf("OWN_PRIVATE_API_HOST: %q must be a host name or IP (the TLS server name), without scheme or port", o.Host))
+	}
+	return errs
+}

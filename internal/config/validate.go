@@ -31,9 +31,27 @@ const (
 	RoleMigrate
 )
 
-func (r Role) usesDatabase() bool     { return r != RoleDataplane }
-func (r Role) usesControlplane() bool { return r == RoleAll || r == RoleControlplane }
-func (r Role) usesDataplane() bool    { return r == RoleAll || r == RoleDataplane }
+// UsesDatabase reports whether the role opens the database.
+func (r Role) UsesDatabase() bool { return r != RoleDataplane }
+
+// UsesControlplane reports whether the role serves the control plane.
+func (r Role) UsesControlplane() bool { return r == RoleAll || r == RoleControlplane }
+
+// UsesDataplane reports whether the role runs a dataplane node.
+func (r Role) UsesDataplane() bool { return r == RoleAll || r == RoleDataplane }
+
+// String returns the role's command name.
+func (r Role) String() string {
+	switch r {
+	case RoleControlplane:
+		return "controlplane"
+	case RoleDataplane:
+		return "dataplane"
+	case RoleMigrate:
+		return "migrate"
+	}
+	return "all"
+}
 
 // KeySize is the decoded length of api_secret_key and private_api_secret_key.
 const KeySize = 32
@@ -53,7 +71,7 @@ func (c *Config) Validate(role Role) error {
 	}
 	addf := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
-	if role.usesDatabase() {
+	if role.UsesDatabase() {
 		if c.Database.URL != "" {
 			add(checkDatabaseURL(c.Database.URL))
 		} else if c.Database.DataDir == "" {
@@ -62,9 +80,9 @@ func (c *Config) Validate(role Role) error {
 	}
 
 	// Keys: the control plane needs both, a dataplane the private one.
-	needAPI := role.usesControlplane()
-	needPrivate := role.usesControlplane() || role.usesDataplane()
-	generated := c.Database.Embedded() && role.usesControlplane()
+	needAPI := role.UsesControlplane()
+	needPrivate := role.UsesControlplane() || role.UsesDataplane()
+	generated := c.Database.Embedded() && role.UsesControlplane()
 	var err error
 	if c.APISecretKey, err = loadKey("api_secret_key_file", c.APISecretKeyFile, needAPI && !generated); err != nil {
 		add(err)
@@ -73,13 +91,13 @@ func (c *Config) Validate(role Role) error {
 		add(err)
 	}
 
-	if role.usesControlplane() {
+	if role.UsesControlplane() {
 		add(c.Controlplane.Listen.Spec("controlplane.listen").Validate())
 		if c.Controlplane.LeaseTTL < time.Second {
 			addf("controlplane.lease_ttl: %v is too short, must be at least 1s", c.Controlplane.LeaseTTL)
 		}
 	}
-	if role.usesDataplane() {
+	if role.UsesDataplane() {
 		d := c.Dataplane
 		add(checkControlplaneURL(d.ControlplaneURL))
 		add(d.Agent.Listen.Spec("dataplane.agent.listen").Validate())

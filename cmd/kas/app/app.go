@@ -1,0 +1,198 @@
+// Package app is the kas binary's application: the command line (CLI) and
+// Server, which runs a role (the control plane for now; the dataplane and
+// the all-in-one role later) with its database, API and observability
+// listeners. main and the tests use the same Server: New, Run(ctx), Close.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/kas-project/kas/controlplane"
+	"github.com/kas-project/kas/internal/config"
+	"github.com/kas-project/kas/internal/listen"
+	"github.com/kas-project/kas/internal/obs"
+	"github.com/kas-project/kas/migrations"
+)
+
+// Options configure a Server.
+type Options struct {
+	// Role is what to run. Only config.RoleControlplane is implemented.
+	Role config.Role
+	// Config is the loaded configuration; New validates it for Role (and,
+	// on the embedded database, fills in the generated key files).
+	Config *config.Config
+	// Logger receives every log record; default discard.
+	Logger *slog.Logger
+}
+
+// Server is a running kas role: its database, servers and listeners.
+type Server struct {
+	log     *slog.Logger
+	db      *database
+	cp      *controlplane.Server
+	servers []*server
+}
+
+// server is one HTTP server with its listener.
+type server struct {
+	name string // the listener's setting, e.g. "controlplane.listen"
+	tls  bool
+	l    net.Listener
+	http *http.Server
+}
+
+// New prepares the role: it validates the configuration, opens the database
+// (starting the embedded one when database.url is empty, and generating its
+// keys on first use), applies migrations, and opens every listener, so that
+// addresses are known (port 0 resolved) when it returns. Run serves.
+func New(ctx context.Context, o Options) (_ *Server, err error) {
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg := o.Config
+	if !o.Role.UsesControlplane() || o.Role.UsesDataplane() {
+		return nil, fmt.Errorf("role %s is not implemented yet", o.Role)
+	}
+	if err := cfg.Validate(o.Role); err != nil {
+		return nil, &ConfigError{err}
+	}
+	s := &Server{log: log}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+
+	s.db, err = openDatabase(ctx, cfg.Database, log)
+	if err != nil {
+		return nil, err
+	}
+	if paths, err := cfg.EnsureEmbeddedKeys(); err != nil {
+		return nil, fmt.Errorf("embedded keys: %w", err)
+	} else if len(paths) > 0 {
+		log.Info("using the embedded mode's secret keys", "files", paths)
+		if err := cfg.Validate(o.Role); err != nil {
+			return nil, &ConfigError{err}
+		}
+	}
+	if cfg.Database.MigrateOnStart {
+		n, err := migrations.Up(ctx, s.db.pool)
+		if err != nil {
+			return nil, fmt.Errorf("migrate database: %w", err)
+		}
+		if n > 0 {
+			log.Info("database migrated", "applied", n)
+		}
+	}
+
+	reg := obs.NewRegistry()
+	s.cp, err = controlplane.New(controlplane.Options{
+		Pool:                s.db.pool,
+		APISecretKey:        cfg.APISecretKey,
+		PrivateAPISecretKey: cfg.PrivateAPISecretKey,
+		LeaseTTL:            cfg.Controlplane.LeaseTTL,
+		Logger:              log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("control plane: %w", err)
+	}
+	api := obs.RequestIDs(obs.HTTPMetrics(reg, "controlplane", s.cp.Handler()))
+	if err := s.addServer("controlplane.listen", cfg.Controlplane.Listen, api); err != nil {
+		return nil, err
+	}
+	if err := s.addServer("observability.listen", cfg.Observability.Listen, obs.Handler(obs.Options{
+		Registry: reg,
+		Ready:    s.cp.Ready,
+	})); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) addServer(name string, l config.Listen, h http.Handler) error {
+	spec := l.Spec(name)
+	ln, err := listen.Listen(spec)
+	if err != nil {
+		return err
+	}
+	s.servers = append(s.servers, &server{name: name, tls: spec.TLS(), l: ln, http: listen.NewServer(h, s.log)})
+	return nil
+}
+
+// Addr returns the address of the listener configured by setting (for
+// example "controlplane.listen"), or nil.
+func (s *Server) Addr(setting string) net.Addr {
+	for _, srv := range s.servers {
+		if srv.name == setting {
+			return srv.l.Addr()
+		}
+	}
+	return nil
+}
+
+// Run serves until ctx ends, then shuts the servers down gracefully and
+// returns nil. It returns an error when a server fails or the embedded
+// database exits. Call Close afterwards.
+func (s *Server) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	for _, srv := range s.servers {
+		s.log.Info("listening", "listener", srv.name, "network", srv.l.Addr().Network(), "address", srv.l.Addr().String(), "tls", srv.tls)
+		g.Go(func() error {
+			err := listen.Serve(gctx, srv.http, srv.l, 0)
+			if errors.Is(err, listen.ErrShutdownCut) {
+				s.log.Warn("shutdown cut requests still running", "listener", srv.name)
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", srv.name, err)
+			}
+			return nil
+		})
+	}
+	if done := s.db.done(); done != nil {
+		g.Go(func() error {
+			select {
+			case <-done:
+				return errors.New("embedded PostgreSQL exited unexpectedly; see postgres.log next to database.data_dir")
+			case <-gctx.Done():
+				return nil
+			}
+		})
+	}
+	err := g.Wait()
+	s.log.Info("stopped")
+	return err
+}
+
+// Close releases what New acquired: listeners not yet served, the database
+// pool and the embedded database.
+func (s *Server) Close() error {
+	for _, srv := range s.servers {
+		srv.l.Close()
+	}
+	if s.db != nil {
+		s.db.close()
+	}
+	return nil
+}
+
+// Controlplane returns the control-plane server (nil for other roles).
+func (s *Server) Controlplane() *controlplane.Server { return s.cp }
+
+// ConfigError is an invalid configuration: every problem, one per line.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return "invalid configuration: " + e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// Problems lists the configuration's problems, one per element.
+func (e *ConfigError) Problems() []string { return strings.Split(e.Err.Error(), "\n") }

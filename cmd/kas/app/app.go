@@ -72,7 +72,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		}
 	}()
 
-	s.db, err = openDatabase(ctx, cfg.Database, log)
+	s.db, err = openDatabase(ctx, cfg, log)
 	if err != nil {
 		return nil, err
 	}

@@ -306,7 +306,7 @@ func (cli CLI) migrate(ctx context.Context, c common, status bool) error {
 	if err != nil {
 		return err
 	}
-	db, err := openDatabase(ctx, cfg.Database, log)
+	db, err := openDatabase(ctx, cfg, log)
 	if err != nil {
 		return err
 	}

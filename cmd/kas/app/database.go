@@ -26,11 +26,21 @@ type database struct {
 
 // openDatabase connects to database.url, or starts the embedded server in
 // database.data_dir (durable; it survives restarts) and creates the kas
-// database in it on first use.
-func openDatabase(ctx context.Context, c config.Database, log *slog.Logger) (*database, error) {
+// database in it on first use. It may move the default data directory (see
+// embeddedDataDir), so it updates cfg.
+func openDatabase(ctx context.Context, cfg *config.Config, log *slog.Logger) (*database, error) {
 	db := &database{}
+	c := &cfg.Database
 	dsn := c.URL
 	if c.Embedded() {
+		dir, moved, err := embeddedDataDir(c.DataDir, c.DataDir == config.Default().Database.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		if moved {
+			log.Warn("the postgres user cannot reach the default data directory; using another", "default", c.DataDir, "data_dir", dir)
+			c.DataDir = dir
+		}
 		pg, err := pglocal.Start(ctx, pglocal.Options{DataDir: c.DataDir, Durable: true})
 		if err != nil {
 			if errors.Is(err, pglocal.ErrNotInstalled) {

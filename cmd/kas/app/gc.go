@@ -27,7 +27,7 @@ func (cli CLI) gc(ctx context.Context, c common) error {
 	if err != nil {
 		return err
 	}
-	db, err := openDatabase(ctx, cfg.Database, log)
+	db, err := openDatabase(ctx, cfg, log)
 	if err != nil {
 		return err
 	}

@@ -157,8 +157,8 @@ type logRecorder struct {
 }
 
 func (l *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
-func (l *logRecorder) WithAttrs([]slog.Attr) slog.Handler        { return l }
-func (l *logRecorder) WithGroup(string) slog.Handler             { return l }
+func (l *logRecorder) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *logRecorder) WithGroup(string) slog.Handler            { return l }
 func (l *logRecorder) Handle(_ context.Context, r slog.Record) error {
 	var b strings.Builder
 	b.WriteString(r.Level.String() + " " + r.Message)
@@ -238,4 +238,18 @@ func TestFakeClock(t *testing.T) {
 	if c.Timers() != 0 {
 		t.Fatalf("timers = %d", c.Timers())
 	}
+}
+
+func TestSystemClock(t *testing.T) {
+	var c Clock = SystemClock{}
+	before := time.Now()
+	if c.Now().Before(before) {
+		t.Fatal("Now went backwards")
+	}
+	tm := c.NewTimer(time.Hour)
+	if !tm.Stop() {
+		t.Fatal("Stop of an armed timer reported false")
+	}
+	tm.Reset(0)
+	<-tm.C() // fires at once
 }

@@ -177,6 +177,22 @@ func TestPrivateURLInterfaceListError(t *testing.T) {
 	}
 }
 
+// strAddr is a net.Addr of another type than *net.IPNet.
+type strAddr string
+
+func (a strAddr) Network() string { return "ip" }
+func (a strAddr) String() string  { return string(a) }
+
+func TestPrivateURLOtherAddrTypes(t *testing.T) {
+	got, err := PrivateURL(PrivateURLOptions{CIDR: "10.0.0.0/8", ListenAddress: ":8155",
+		InterfaceAddrs: func() ([]net.Addr, error) {
+			return []net.Addr{&net.IPAddr{IP: net.ParseIP("192.168.1.1")}, strAddr("garbage"), strAddr("172.16.0.1/12"), strAddr("10.2.3.4")}, nil
+		}})
+	if err != nil || got != "grpc://10.2.3.4:8155" {
+		t.Fatalf("PrivateURL() = %q, %v", got, err)
+	}
+}
+
 func TestPrivateURLRealInterfaces(t *testing.T) {
 	// The default lister sees at least loopback.
 	got, err := PrivateURL(PrivateURLOptions{CIDR: "127.0.0.0/8", ListenAddress: ":8155"})

@@ -10,9 +10,12 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -191,8 +194,22 @@ func (r *Registrar) Pending() int {
 	return len(r.pending)
 }
 
+// Limits the control plane enforces on a tunnel.
+const (
+	maxTunnelID     = 128
+	maxAgentVersion = 128
+)
+
 // TunnelOpened records that the node accepted a tunnel. It never blocks.
+// tunnelID must be unique on the node, 1 to 128 bytes; agentID positive.
+// The agent version is cleaned: valid UTF-8, no control characters, at
+// most 128 bytes.
 func (r *Registrar) TunnelOpened(agentID int64, tunnelID, agentVersion string) {
+	if agentID <= 0 || !validTunnelID(tunnelID) {
+		r.log.Error("tunnel not reported to the control plane: invalid ID", "agent_id", agentID, "tunnel_id", tunnelID)
+		return
+	}
+	agentVersion = cleanVersion(agentVersion)
 	r.mu.Lock()
 	r.seq++
 	t := r.tunnels[tunnelID]
@@ -227,6 +244,28 @@ func (r *Registrar) TunnelClosed(tunnelID string) {
 	r.notifyLocked()
 	r.mu.Unlock()
 	r.wake()
+}
+
+func validTunnelID(id string) bool {
+	return id != "" && len(id) <= maxTunnelID && utf8.ValidString(id) &&
+		!strings.ContainsFunc(id, unicode.IsControl)
+}
+
+// cleanVersion makes an agent-supplied version storable: valid UTF-8 (as
+// protobuf requires) without control characters (Postgres text refuses
+// NUL), at most maxAgentVersion bytes.
+func cleanVersion(v string) string {
+	v = strings.ToValidUTF8(v, "")
+	v = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return -1
+		}
+		return r
+	}, v)
+	if len(v) > maxAgentVersion {
+		v = strings.ToValidUTF8(v[:maxAgentVersion], "")
+	}
+	return v
 }
 
 func (r *Registrar) wake() {
@@ -533,6 +572,11 @@ func (r *Registrar) flushLoop(ctx context.Context) error {
 			return nil
 		case isLost(err):
 			return fmt.Errorf("%w: %w", errLost, err)
+		case connect.CodeOf(err) == connect.CodeInvalidArgument:
+			// Retrying cannot help, and must not hold up every later event.
+			r.log.Error("control plane rejected tunnel events; dropping them", "tunnels", len(b.ids), "err", err)
+			r.ack(b)
+			continue
 		}
 		d := bo.next()
 		r.logFailure(slog.LevelWarn, "send tunnel events", err, attempt, d)

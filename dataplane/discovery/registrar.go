@@ -41,7 +41,8 @@ type RegistrarOptions struct {
 	// Nodes is the control plane's NodeService.
 	Nodes dataplanev1connect.NodeServiceClient
 	// ControlPlaneURL and ControlPlaneSetting (the name of the setting the
-	// URL came from) make "cannot reach the control plane" logs actionable.
+	// URL came from; default dataplane.controlplane_url) make "cannot reach
+	// the control plane" logs actionable.
 	ControlPlaneURL     string
 	ControlPlaneSetting string
 	Logger              *slog.Logger
@@ -75,7 +76,7 @@ func (o *RegistrarOptions) Validate() error {
 		o.BootID = hex.EncodeToString(b[:])
 	}
 	if o.ControlPlaneSetting == "" {
-		o.ControlPlaneSetting = "the control plane URL setting"
+		o.ControlPlaneSetting = "dataplane.controlplane_url (KAS_DATAPLANE_CONTROLPLANE_URL)"
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

@@ -602,7 +602,7 @@ func TestRegistrarKeepsRetryingWhileControlPlaneUnreachable(t *testing.T) {
 
 	h.reg.TunnelOpened(7, "early", "v1")
 	h.Start(t)
-	msg := "cannot reach the control plane at " + cpURL
+	msg := "cannot reach the control plane at " + cpURL + "; check dataplane.controlplane_url"
 	for i := 1; i <= 4; i++ {
 		h.logs.WaitCount(t, i, "ERROR", msg, "op=register node", "connection refused")
 		clk.WaitTimers(t, 1) // the backoff

@@ -16,10 +16,13 @@ install buf github.com/bufbuild/buf/cmd/buf@v1.75.0
 install protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 install protoc-gen-connect-go connectrpc.com/connect/cmd/protoc-gen-connect-go@v1.21.1
 install grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
-# Debian packages the tests use: PostgreSQL binaries and Ruby with the grpc gem.
+# Debian packages: PostgreSQL binaries (the embedded database and the tests),
+# Ruby with the grpc gem (the Rails-like client tests), and protoc with
+# grpc_ruby_plugin (`make generate` writes the Ruby stubs with them).
 need_pkgs=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql)
 command -v ruby >/dev/null 2>&1 && ruby -e 'require "grpc"' 2>/dev/null || need_pkgs+=(ruby ruby-grpc ruby-google-protobuf)
+command -v protoc >/dev/null 2>&1 && command -v grpc_ruby_plugin >/dev/null 2>&1 || need_pkgs+=(protobuf-compiler protobuf-compiler-grpc)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
 	echo "installing Debian packages: ${need_pkgs[*]}" >&2
 	SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

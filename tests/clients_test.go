@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -322,4 +323,33 @@ func TestRailsClients(t *testing.T) {
 			t.Errorf("grpcurl health check: %v\n%s", err, out)
 		}
 	})
+}
+
+// TestReadmeRubySnippet runs the Rails snippet of README.md as it is.
+func TestReadmeRubySnippet(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "```ruby\n")
+	snippet, _, ok2 := strings.Cut(rest, "```\n")
+	if !ok || !ok2 {
+		t.Fatal("README.md has no ```ruby block")
+	}
+	ruby := requireTool(t, "ruby", `require "net/http"`)
+	keys := t.TempDir()
+	apiKeyFile, _ := writeKeyFile(t, keys, "api_secret_key")
+	privateKeyFile, _ := writeKeyFile(t, keys, "private_api_secret_key")
+	cp := startControlplane(t, pgtest.DSN(t), apiKeyFile, privateKeyFile, config.Listen{Network: "tcp", Address: "127.0.0.1:0"})
+
+	cmd := exec.Command(ruby, "-")
+	cmd.Stdin = strings.NewReader(snippet)
+	cmd.Env = append(os.Environ(), "KAS_URL="+cp.URL, "KAS_API_SECRET_KEY_FILE="+apiKeyFile)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("README snippet: %v\n%s", err, out)
+	}
+	if !regexp.MustCompile(`^agent 1 \(cluster-\d+\): give agentk the token \S+\nconnected: \[\]\n$`).Match(out) {
+		t.Errorf("README snippet printed:\n%s", out)
+	}
 }

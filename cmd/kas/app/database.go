@@ -49,13 +49,14 @@ func openDatabase(ctx context.Context, cfg *config.Config, log *slog.Logger) (*d
 			return nil, fmt.Errorf("start embedded PostgreSQL in %s (database.data_dir): %w", c.DataDir, err)
 		}
 		db.pg = pg
-		abs, _ := filepath.Abs(c.DataDir)
-		log.Info("embedded PostgreSQL started", "data_dir", abs, "log", filepath.Join(filepath.Dir(abs), "postgres.log"))
 		if err := createDatabase(ctx, pg.DSN("postgres"), embeddedDatabase); err != nil {
 			db.close()
 			return nil, err
 		}
 		dsn = pg.DSN(embeddedDatabase)
+		abs, _ := filepath.Abs(c.DataDir)
+		// The DSN has no secret: the server trusts local socket connections.
+		log.Info("embedded PostgreSQL started", "data_dir", abs, "log", filepath.Join(filepath.Dir(abs), "postgres.log"), "dsn", dsn)
 	}
 	pool, err := pgxpool.New(ctx, dsn)
 	if err != nil {

@@ -1,0 +1,58 @@
+# The project's vocabulary. Every target that needs tools installs them
+# first (scripts/tools.sh: pinned Go tools into .bin/, missing Debian
+# packages with apt-get), so `make run` and `make test` work on a fresh
+# machine.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+export PATH := $(CURDIR)/.bin:$(PATH)
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/kas-project/kas/cmd/kas/app.Version=$(VERSION)
+# Per test binary; the whole suite takes a few minutes.
+TEST_TIMEOUT ?= 20m
+# make bench BENCH_SHORT=0 runs the full benchmarks.
+BENCH_SHORT ?= 1
+
+.PHONY: all tools generate check-generated build run test bench clean
+
+all: build
+
+tools:
+	@scripts/tools.sh
+
+# Go code in gen/ and Ruby stubs in tests/ruby/stubs/, both committed.
+generate: tools
+	buf lint
+	buf generate
+	buf generate --template buf.gen.ruby.yaml
+
+check-generated: generate
+	@if [ -n "$$(git status --porcelain -- gen tests/ruby/stubs)" ]; then \
+		git status --short -- gen tests/ruby/stubs; git diff --stat -- gen tests/ruby/stubs; \
+		echo "generated code is stale: run make generate and commit the result" >&2; exit 1; \
+	fi
+
+build:
+	go build -ldflags '$(LDFLAGS)' -o bin/kas ./cmd/kas
+
+# The control plane on the embedded database (.kas/postgres) with generated
+# keys (.kas/secrets): API on :8153, /metrics /livez /readyz on :8151.
+run: tools build
+	bin/kas controlplane
+
+# KAS_REQUIRE_CLIENTS=1: the Ruby and grpcurl client tests fail instead of
+# skipping when a client is missing.
+test: tools
+	go vet ./...
+	KAS_REQUIRE_CLIENTS=1 go test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# Each main package under tests/bench is a benchmark command that prints a
+# table; KAS_BENCH_SHORT=1 asks for a short run.
+bench: tools
+	@pkgs="$$(go list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./tests/bench/... 2>/dev/null)"; \
+	if [ -z "$$pkgs" ]; then echo "no benchmark commands under tests/bench"; exit 0; fi; \
+	for p in $$pkgs; do echo "== $$p"; KAS_BENCH_SHORT=$(BENCH_SHORT) go run $$p; done
+
+clean:
+	rm -rf bin

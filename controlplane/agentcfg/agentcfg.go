@@ -193,7 +193,7 @@ func Parse(data []byte) (*Config, error) {
 	}
 
 	// First the structure: every unknown field and wrong type, with paths.
-	v := &validator{lines: map[string]int{}, broken: map[string]bool{}}
+	v := &validator{lines: map[string]int{}, broken: map[string]bool{}, nulls: map[string]bool{}}
 	v.walk(root, "", configType)
 	// Then the values, strictly. Decoding goes on past type errors, so the
 	// semantic checks below see whatever could be decoded; the walk has
@@ -208,6 +208,7 @@ func Parse(data []byte) (*Config, error) {
 		}
 	}
 	// Then the meaning.
+	c.fillNullKinds(v)
 	c.validate(v)
 	if len(v.problems) > 0 {
 		sort.SliceStable(v.problems, func(i, j int) bool { return v.problems[i].Line < v.problems[j].Line })

@@ -132,8 +132,14 @@ func TestParseProblems(t *testing.T) {
 			[]Problem{{"ci_access.projects[1].access_as.impersonate.username", "required", 6}}},
 		{"two kinds", "ci_access:\n  projects:\n  - id: a/b\n    access_as: {agent: {}, ci_job: {}}\n",
 			[]Problem{{"ci_access.projects[0].access_as", "found agent and ci_job", 4}}},
-		{"null kind", "ci_access:\n  projects:\n  - id: a/b\n    access_as:\n      agent:\n",
+		{"empty access_as", "ci_access:\n  projects:\n  - id: a/b\n    access_as: {}\n",
 			[]Problem{{"ci_access.projects[0].access_as", "exactly one of agent, impersonate, ci_job is required", 4}}},
+		{"null user_access.access_as", "user_access:\n  access_as:\n",
+			[]Problem{{"user_access.access_as", "required", 2}}},
+		{"null impersonate", "ci_access:\n  projects:\n  - id: a/b\n    access_as:\n      impersonate:\n",
+			[]Problem{{"ci_access.projects[0].access_as.impersonate.username", "required", 5}}},
+		{"two null kinds", "user_access:\n  access_as:\n    agent:\n    user:\n",
+			[]Problem{{"user_access.access_as", "found agent and user", 2}}},
 		{"missing id", "ci_access:\n  projects:\n  - default_namespace: x\n",
 			[]Problem{{"ci_access.projects[0].id", "required", 3}}},
 		{"bad path", "ci_access:\n  groups:\n  - id: /abs\n  - id: a//b\n  - id: 'a b'\n  - id: -x\n  - id: ok/path.name_1-2\n",
@@ -243,6 +249,23 @@ func TestParseAtLimit(t *testing.T) {
 	}
 	if _, err := Parse([]byte(doc)); err != nil {
 		t.Fatalf("a document of exactly MaxSize bytes: %v", err)
+	}
+}
+
+// TestParseNullKinds: `agent:` without a value means `agent: {}`.
+func TestParseNullKinds(t *testing.T) {
+	c, err := Parse([]byte("ci_access:\n  projects:\n  - id: a/b\n    access_as:\n      agent:\n  groups:\n  - id: g\n    access_as:\n      ci_job:\n  instance:\n    access_as: {agent: ~}\nuser_access:\n  access_as:\n    user:\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.CIAccess.Projects[0].AccessAs.Agent == nil || c.CIAccess.Groups[0].AccessAs.CIJob == nil ||
+		c.CIAccess.Instance.AccessAs.Agent == nil || c.UserAccess.AccessAs.User == nil {
+		t.Fatalf("null kinds not taken as chosen: %+v %+v", c.CIAccess, c.UserAccess.AccessAs)
+	}
+	// A null access_as is an absent one: the default, agent (as KAS).
+	c = mustParse(t, "ci_access:\n  projects:\n  - id: a/b\n    access_as:\n")
+	if m, ok := c.MatchCIJob(CIJob{ProjectPath: "a/b"}); !ok || m.AccessAs.Agent == nil {
+		t.Fatalf("null access_as: %+v, %v", m, ok)
 	}
 }
 

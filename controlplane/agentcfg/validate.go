@@ -53,6 +53,57 @@ func (c *Config) validate(v *validator) {
 	}
 }
 
+// fillNullKinds reads an access_as kind written without a value, like
+//
+//	access_as:
+//	  agent:
+//
+// as that kind chosen (`agent: {}`): YAML makes it null, but the intent is
+// plain. Decoding leaves such fields nil; this sets them.
+func (c *Config) fillNullKinds(v *validator) {
+	ci := func(path string, as **CIAccessAs) {
+		p := path + ".access_as"
+		if *as == nil {
+			if !v.nulls[p+".agent"] && !v.nulls[p+".ci_job"] && !v.nulls[p+".impersonate"] {
+				return
+			}
+			*as = &CIAccessAs{}
+		}
+		if v.nulls[p+".agent"] && (*as).Agent == nil {
+			(*as).Agent = &AccessAsAgent{}
+		}
+		if v.nulls[p+".ci_job"] && (*as).CIJob == nil {
+			(*as).CIJob = &AccessAsCIJob{}
+		}
+		if v.nulls[p+".impersonate"] && (*as).Impersonate == nil {
+			(*as).Impersonate = &AccessAsImpersonate{} // then: username required
+		}
+	}
+	if c.CIAccess != nil {
+		for i := range c.CIAccess.Projects {
+			ci(fmt.Sprintf("ci_access.projects[%d]", i), &c.CIAccess.Projects[i].AccessAs)
+		}
+		for i := range c.CIAccess.Groups {
+			ci(fmt.Sprintf("ci_access.groups[%d]", i), &c.CIAccess.Groups[i].AccessAs)
+		}
+		if c.CIAccess.Instance != nil {
+			ci("ci_access.instance", &c.CIAccess.Instance.AccessAs)
+		}
+	}
+	if ua := c.UserAccess; ua != nil {
+		const p = "user_access.access_as"
+		if ua.AccessAs == nil && (v.nulls[p+".agent"] || v.nulls[p+".user"]) {
+			ua.AccessAs = &UserAccessAs{}
+		}
+		if v.nulls[p+".agent"] && ua.AccessAs.Agent == nil {
+			ua.AccessAs.Agent = &AccessAsAgent{}
+		}
+		if v.nulls[p+".user"] && ua.AccessAs.User == nil {
+			ua.AccessAs.User = &AccessAsUser{}
+		}
+	}
+}
+
 func idsOf(es []UserAccessEntry) []string {
 	ids := make([]string, len(es))
 	for i, e := range es {

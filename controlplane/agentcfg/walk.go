@@ -19,6 +19,8 @@ type validator struct {
 	// broken holds the paths with structural problems; semantic checks
 	// stay quiet about them and everything below them.
 	broken map[string]bool
+	// nulls holds the paths of keys given without a value ("agent:").
+	nulls map[string]bool
 }
 
 func (v *validator) err() error { return &ValidationError{Problems: v.problems} }
@@ -85,8 +87,12 @@ func (v *validator) walk(n *yaml.Node, path string, t reflect.Type) {
 	if _, seen := v.lines[path]; !seen {
 		v.lines[path] = n.Line
 	}
-	if t.Kind() == reflect.Interface || isNull(n) {
-		return // opaque, or null: the zero value
+	if isNull(n) {
+		v.nulls[path] = true
+		return // the zero value
+	}
+	if t.Kind() == reflect.Interface {
+		return // opaque
 	}
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()

@@ -15,6 +15,11 @@ import (
 const (
 	ReadHeaderTimeout = 10 * time.Second
 	IdleTimeout       = 2 * time.Minute
+	// An HTTP/2 connection silent for SendPingTimeout gets a ping, and is
+	// closed when the answer takes longer than PingTimeout: dead peers of
+	// long streams are found even without traffic.
+	SendPingTimeout = 30 * time.Second
+	PingTimeout     = 15 * time.Second
 	// ShutdownTimeout is how long Serve waits for in-flight requests after
 	// its context ends before it closes the remaining connections.
 	ShutdownTimeout = 10 * time.Second
@@ -38,6 +43,7 @@ func NewServer(h http.Handler, log *slog.Logger) *http.Server {
 		ReadHeaderTimeout: ReadHeaderTimeout,
 		IdleTimeout:       IdleTimeout,
 		MaxHeaderBytes:    1 << 20,
+		HTTP2:             &http.HTTP2Config{SendPingTimeout: SendPingTimeout, PingTimeout: PingTimeout},
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 }

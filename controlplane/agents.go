@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"regexp"
 	"time"
+	"strings"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -323,6 +324,8 @@ func validText(field, s string, max int, required bool) error {
 	switch {
 	case !utf8.ValidString(s):
 		return invalid(field, "must be valid UTF-8")
+	case strings.ContainsRune(s, 0):
+		return invalid(field, "must not contain NUL characters")
 	case required && s == "":
 		return invalid(field, "is required")
 	case utf8.RuneCountInString(s) > max:

@@ -42,6 +42,8 @@ func (s *Server) toConnect(ctx context.Context, op string, err error) error {
 		return connect.NewError(connect.CodeInvalidArgument, fe)
 	case errors.As(err, &ve):
 		return connect.NewError(connect.CodeInvalidArgument, ve)
+	case store.IsBadText(err):
+		return connect.NewError(connect.CodeInvalidArgument, errors.New("text contains bytes Postgres cannot store (NUL or invalid UTF-8)"))
 	case errors.Is(err, store.ErrNotFound):
 		return connect.NewError(connect.CodeNotFound, err)
 	case errors.Is(err, store.ErrAlreadyExists):

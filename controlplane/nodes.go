@@ -161,10 +161,13 @@ func checkNode(nodeID, bootID string) error {
 	if len(nodeID) < 1 || len(nodeID) > 253 {
 		return invalid("node_id", "must be 1 to 253 characters")
 	}
+	if err := validText("node_id", nodeID, 253, true); err != nil {
+		return err
+	}
 	if len(bootID) < 1 || len(bootID) > 128 {
 		return invalid("boot_id", "must be 1 to 128 characters")
 	}
-	return nil
+	return validText("boot_id", bootID, 128, true)
 }
 
 // checkPrivateURL accepts grpc://host:port, grpcs://host:port and
@@ -224,6 +227,9 @@ func checkTunnels(nodeID, bootID string, in []*dataplanev1.Tunnel, register bool
 		if len(t.TunnelId) < 1 || len(t.TunnelId) > 128 {
 			return nil, invalid(field("tunnel_id"), "must be 1 to 128 characters")
 		}
+		if err := validText(field("tunnel_id"), t.TunnelId, 128, true); err != nil {
+			return nil, err
+		}
 		if j, dup := seen[t.TunnelId]; dup {
 			return nil, invalid(field("tunnel_id"), "%q is also tunnels[%d]", t.TunnelId, j)
 		}
@@ -236,8 +242,8 @@ func checkTunnels(nodeID, bootID string, in []*dataplanev1.Tunnel, register bool
 			if t.AgentId <= 0 {
 				return nil, invalid(field("agent_id"), "must be positive")
 			}
-			if len(t.AgentVersion) > 128 {
-				return nil, invalid(field("agent_version"), "at most 128 characters")
+			if err := validText(field("agent_version"), t.AgentVersion, 128, false); err != nil {
+				return nil, err
 			}
 			st.AgentID, st.AgentVersion, st.ConnectedAt = t.AgentId, t.AgentVersion, now
 			if t.ConnectedAt != nil {

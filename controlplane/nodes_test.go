@@ -342,6 +342,10 @@ func TestTunnelBatches(t *testing.T) {
 	bad := tun("a", 1, 1)
 	bad.ConnectedAt = &timestamppb.Timestamp{Seconds: -1 << 62}
 	wantCode(t, call(bad), connect.CodeInvalidArgument, "tunnels[0].connected_at")
+	nul := tun("a", 1, 1)
+	nul.AgentVersion = "v1\x00"
+	wantCode(t, call(nul), connect.CodeInvalidArgument, "tunnels[0].agent_version")
+	wantCode(t, call(tun("a\x00", 1, 1)), connect.CodeInvalidArgument, "tunnels[0].tunnel_id")
 }
 
 func TestResolveAgentOrder(t *testing.T) {

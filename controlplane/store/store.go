@@ -82,3 +82,10 @@ func notFoundOn(err error, format string, args ...any) error {
 	}
 	return err
 }
+
+// IsBadText reports whether Postgres refused a text value (a NUL byte or an
+// invalid UTF-8 sequence): the caller sent it, so it is not an internal error.
+func IsBadText(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "22021" || pe.Code == "22P05")
+}

@@ -48,11 +48,12 @@ test: tools
 	KAS_REQUIRE_CLIENTS=1 go test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 # Each main package under tests/bench is a benchmark command that prints a
-# table; KAS_BENCH_SHORT=1 asks for a short run.
+# table and accepts -short (also KAS_BENCH_SHORT=1) for a quick run.
 bench: tools
-	@pkgs="$$(go list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./tests/bench/... 2>/dev/null)"; \
+	@pkgs="$$(go list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./tests/bench/...)"; \
 	if [ -z "$$pkgs" ]; then echo "no benchmark commands under tests/bench"; exit 0; fi; \
-	for p in $$pkgs; do echo "== $$p"; KAS_BENCH_SHORT=$(BENCH_SHORT) go run $$p; done
+	short=; [ "$(BENCH_SHORT)" = 1 ] && short=-short; \
+	for p in $$pkgs; do echo "== $$p $$short"; KAS_BENCH_SHORT=$(BENCH_SHORT) go run $$p $$short; done
 
 clean:
 	rm -rf bin

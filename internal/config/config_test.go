@@ -434,3 +434,47 @@ func TestEnvNames(t *testing.T) {
 		}
 	}
 }
+
+func TestValidateSingleProblems(t *testing.T) {
+	key := keyFile(t, 32)
+	for _, tc := range []struct {
+		name   string
+		role   Role
+		modify func(c *Config)
+		want   string
+	}{
+		{"embedded without data dir", RoleMigrate, func(c *Config) { c.Database.DataDir = "" },
+			"database.data_dir: required when database.url is empty"},
+		{"unparsable database DSN", RoleMigrate, func(c *Config) { c.Database.URL = "host=db sslmode=sometimes" },
+			"database.url: not a valid PostgreSQL URL or DSN: "},
+		{"empty control plane URL", RoleDataplane, func(c *Config) { c.Dataplane.ControlplaneURL = "" },
+			`dataplane.controlplane_url: "" is not a URL (for example http://kas-controlplane:8153)`},
+		{"control plane URL without host", RoleDataplane, func(c *Config) { c.Dataplane.ControlplaneURL = "http:///x" },
+			`dataplane.controlplane_url: "http:///x" has no host`},
+		{"control plane URL with a bad port", RoleDataplane, func(c *Config) { c.Dataplane.ControlplaneURL = "http://cp:99999" },
+			`dataplane.controlplane_url: "http://cp:99999" has an invalid port`},
+		{"control plane relative unix URL", RoleDataplane, func(c *Config) { c.Dataplane.ControlplaneURL = "unix://run/kas.sock" },
+			`dataplane.controlplane_url: "unix://run/kas.sock" must have the form unix:///absolute/path`},
+		{"own URL not a URL", RoleDataplane, func(c *Config) { c.Dataplane.OwnPrivateAPI.URL = "grpc://[::1" },
+			`OWN_PRIVATE_API_URL: "grpc://[::1" is not a URL`},
+		{"own URL without port", RoleDataplane, func(c *Config) { c.Dataplane.OwnPrivateAPI.URL = "grpcs://kas-0" },
+			`OWN_PRIVATE_API_URL: "grpcs://kas-0" must have the form grpcs://host:port`},
+		{"own unix URL with a host", RoleDataplane, func(c *Config) { c.Dataplane.OwnPrivateAPI.URL = "unix://host/private.sock" },
+			`OWN_PRIVATE_API_URL: "unix://host/private.sock" must have the form unix:///absolute/path`},
+		{"path prefix without trailing slash", RoleDataplane, func(c *Config) { c.Dataplane.KubernetesAPI.PathPrefix = "/k8s" },
+			`dataplane.kubernetes_api.path_prefix: "/k8s" must start and end with /`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			c.PrivateAPISecretKeyFile = key
+			tc.modify(c)
+			wantProblems(t, c.Validate(tc.role), tc.want)
+		})
+	}
+	// Each role checks only its own settings.
+	c := Default()
+	c.Dataplane.ControlplaneURL = "bogus"
+	c.Controlplane.LeaseTTL = time.Millisecond
+	c.Observability.Listen.Network = "udp"
+	wantProblems(t, c.Validate(RoleMigrate))
+}

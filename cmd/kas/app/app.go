@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kas-project/kas/controlplane"
@@ -35,10 +36,12 @@ type Options struct {
 
 // Server is a running kas role: its database, servers and listeners.
 type Server struct {
-	log     *slog.Logger
-	db      *database
-	cp      *controlplane.Server
-	servers []*server
+	log       *slog.Logger
+	reg       *prometheus.Registry
+	db        *database // nil without a control plane
+	cp        *controlplane.Server
+	servers   []*server
+	readiness []func(context.Context) error
 }
 
 // server is one HTTP server with its listener.
@@ -59,63 +62,82 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	cfg := o.Config
-	if !o.Role.UsesControlplane() || o.Role.UsesDataplane() {
+	if o.Role.UsesDataplane() || !o.Role.UsesControlplane() {
 		return nil, fmt.Errorf("role %s is not implemented yet", o.Role)
 	}
 	if err := cfg.Validate(o.Role); err != nil {
 		return nil, &ConfigError{err}
 	}
-	s := &Server{log: log}
+	s := &Server{log: log, reg: obs.NewRegistry()}
 	defer func() {
 		if err != nil {
 			s.Close()
 		}
 	}()
-
-	s.db, err = openDatabase(ctx, cfg, log)
-	if err != nil {
+	// Each part adds its servers and readiness check; the dataplane (and
+	// with both, the all-in-one role) will add its own here.
+	if o.Role.UsesControlplane() {
+		if err := s.newControlplane(ctx, cfg, o.Role); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.addServer("observability.listen", cfg.Observability.Listen, obs.Handler(obs.Options{
+		Registry: s.reg,
+		Ready:    s.ready,
+	})); err != nil {
 		return nil, err
 	}
+	return s, nil
+}
+
+// newControlplane opens the database (migrating it) and adds the control
+// plane's API server.
+func (s *Server) newControlplane(ctx context.Context, cfg *config.Config, role config.Role) error {
+	var err error
+	s.db, err = openDatabase(ctx, cfg, s.log)
+	if err != nil {
+		return err
+	}
 	if paths, err := cfg.EnsureEmbeddedKeys(); err != nil {
-		return nil, fmt.Errorf("embedded keys: %w", err)
+		return fmt.Errorf("embedded keys: %w", err)
 	} else if len(paths) > 0 {
-		log.Info("using the embedded mode's secret keys", "files", paths)
-		if err := cfg.Validate(o.Role); err != nil {
-			return nil, &ConfigError{err}
+		s.log.Info("using the embedded mode's secret keys", "files", paths)
+		if err := cfg.Validate(role); err != nil {
+			return &ConfigError{err}
 		}
 	}
 	if cfg.Database.MigrateOnStart {
 		n, err := migrations.Up(ctx, s.db.pool)
 		if err != nil {
-			return nil, fmt.Errorf("migrate database: %w", err)
+			return fmt.Errorf("migrate database: %w", err)
 		}
 		if n > 0 {
-			log.Info("database migrated", "applied", n)
+			s.log.Info("database migrated", "applied", n)
 		}
 	}
-
-	reg := obs.NewRegistry()
 	s.cp, err = controlplane.New(controlplane.Options{
 		Pool:                s.db.pool,
 		APISecretKey:        cfg.APISecretKey,
 		PrivateAPISecretKey: cfg.PrivateAPISecretKey,
 		LeaseTTL:            cfg.Controlplane.LeaseTTL,
-		Logger:              log,
+		Logger:              s.log,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("control plane: %w", err)
+		return fmt.Errorf("control plane: %w", err)
 	}
-	api := obs.RequestIDs(obs.HTTPMetrics(reg, "controlplane", s.cp.Handler()))
-	if err := s.addServer("controlplane.listen", cfg.Controlplane.Listen, api); err != nil {
-		return nil, err
+	s.readiness = append(s.readiness, s.cp.Ready)
+	api := obs.RequestIDs(obs.HTTPMetrics(s.reg, "controlplane", s.cp.Handler()))
+	return s.addServer("controlplane.listen", cfg.Controlplane.Listen, api)
+}
+
+// ready is /readyz: every part must be ready.
+func (s *Server) ready(ctx context.Context) error {
+	for _, r := range s.readiness {
+		if err := r(ctx); err != nil {
+			return err
+		}
 	}
-	if err := s.addServer("observability.listen", cfg.Observability.Listen, obs.Handler(obs.Options{
-		Registry: reg,
-		Ready:    s.cp.Ready,
-	})); err != nil {
-		return nil, err
-	}
-	return s, nil
+	return nil
 }
 
 func (s *Server) addServer(name string, l config.Listen, h http.Handler) error {
@@ -158,7 +180,8 @@ func (s *Server) Run(ctx context.Context) error {
 			return nil
 		})
 	}
-	if done := s.db.done(); done != nil {
+	if s.db != nil && s.db.done() != nil {
+		done := s.db.done()
 		g.Go(func() error {
 			select {
 			case <-done:

@@ -26,37 +26,29 @@ import (
 	"github.com/kas-project/kas/internal/pglocal"
 )
 
-var (
-	kasBinOnce sync.Once
-	kasBinPath string
-	kasBinErr  error
-)
-
-// kasBinary builds cmd/kas once per test run.
-func kasBinary(t *testing.T) string {
+// buildKAS builds cmd/kas into a temporary directory.
+func buildKAS(t *testing.T) string {
 	t.Helper()
-	kasBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "kas-bin-")
-		if err != nil {
-			kasBinErr = err
-			return
-		}
-		kasBinPath = filepath.Join(dir, "kas")
-		out, err := exec.Command("go", "build", "-o", kasBinPath, "github.com/kas-project/kas/cmd/kas").CombinedOutput()
-		if err != nil {
-			kasBinErr = errors.New("go build cmd/kas: " + err.Error() + "\n" + string(out))
-		}
-	})
-	if kasBinErr != nil {
-		t.Fatal(kasBinErr)
+	bin := filepath.Join(t.TempDir(), "kas")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/kas-project/kas/cmd/kas").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build cmd/kas: %v\n%s", err, out)
 	}
-	return kasBinPath
+	return bin
+}
+
+// TestCLI runs the kas binary as operators do.
+func TestCLI(t *testing.T) {
+	kas := buildKAS(t)
+	t.Run("verify-config reports every problem", func(t *testing.T) { testVerifyConfig(t, kas) })
+	t.Run("usage errors", func(t *testing.T) { testUsageErrors(t, kas) })
+	t.Run("embedded control plane", func(t *testing.T) { testEmbeddedControlplane(t, kas) })
 }
 
 // runKAS runs the binary to completion and returns its exit code and output.
-func runKAS(t *testing.T, env []string, args ...string) (code int, stdout, stderr string) {
+func runKAS(t *testing.T, kas string, env []string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	cmd := exec.Command(kasBinary(t), args...)
+	cmd := exec.Command(kas, args...)
 	cmd.Env = append(os.Environ(), env...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
@@ -71,7 +63,7 @@ func runKAS(t *testing.T, env []string, args ...string) (code int, stdout, stder
 	return 0, o.String(), e.String()
 }
 
-func TestCLIVerifyConfigReportsEveryProblem(t *testing.T) {
+func testVerifyConfig(t *testing.T, kas string) {
 	dir := t.TempDir()
 	shortKey := filepath.Join(dir, "api_secret_key")
 	if err := os.WriteFile(shortKey, []byte(base64.StdEncoding.EncodeToString([]byte("twelve bytes"))+"\n"), 0o600); err != nil {
@@ -90,7 +82,7 @@ dataplane:
 		t.Fatal(err)
 	}
 	// The CIDR comes from the environment, as KAS deployments set it.
-	code, stdout, stderr := runKAS(t, []string{"OWN_PRIVATE_API_CIDR=10.0.0.0/8"}, "--verify-config", "--config", bad)
+	code, stdout, stderr := runKAS(t, kas, []string{"OWN_PRIVATE_API_CIDR=10.0.0.0/8"}, "--verify-config", "--config", bad)
 	if code != 1 {
 		t.Errorf("exit code %d, want 1", code)
 	}
@@ -108,26 +100,26 @@ dataplane:
 	}
 
 	// The embedded default is valid for the control plane as is.
-	if code, _, stderr := runKAS(t, nil, "controlplane", "--verify-config", "--data-dir", filepath.Join(dir, "pg")); code != 0 {
+	if code, _, stderr := runKAS(t, kas, nil, "controlplane", "--verify-config", "--data-dir", filepath.Join(dir, "pg")); code != 0 {
 		t.Errorf("controlplane --verify-config on the defaults: exit %d\n%s", code, stderr)
 	}
 	// --print-config shows file paths, never keys.
-	code, stdout, _ = runKAS(t, []string{"KAS_DATABASE_URL=postgres://kas:hunter2@db/kas", "KAS_API_SECRET_KEY_FILE=" + shortKey}, "--print-config")
+	code, stdout, _ = runKAS(t, kas, []string{"KAS_DATABASE_URL=postgres://kas:hunter2@db/kas", "KAS_API_SECRET_KEY_FILE=" + shortKey}, "--print-config")
 	if !strings.Contains(stdout, `api_secret_key_file: "`+shortKey+`"`) || strings.Contains(stdout, "hunter2") ||
 		strings.Contains(stdout, base64.StdEncoding.EncodeToString([]byte("twelve bytes"))) || code != 1 {
 		t.Errorf("--print-config: exit %d\n%s", code, stdout)
 	}
 }
 
-func TestCLIUsageErrors(t *testing.T) {
+func testUsageErrors(t *testing.T, kas string) {
 	for _, args := range [][]string{{"frobnicate"}, {"controlplane", "--bogus"}, {"controlplane", "gcc"}, {}} {
-		code, stdout, stderr := runKAS(t, nil, args...)
+		code, stdout, stderr := runKAS(t, kas, nil, args...)
 		first, _, _ := strings.Cut(stderr, "\n")
 		if code != 2 || !strings.HasPrefix(first, "kas: ") || !strings.Contains(stderr, "Usage: kas") || stdout != "" {
 			t.Errorf("kas %q: exit %d, stderr:\n%s", args, code, stderr)
 		}
 	}
-	code, stdout, _ := runKAS(t, nil, "version")
+	code, stdout, _ := runKAS(t, kas, nil, "version")
 	if code != 0 || !strings.HasPrefix(stdout, "kas ") {
 		t.Errorf("kas version: exit %d, %q", code, stdout)
 	}
@@ -143,9 +135,9 @@ type kasProcess struct {
 	code   int
 }
 
-func startKAS(t *testing.T, env []string, args ...string) *kasProcess {
+func startKAS(t *testing.T, kas string, env []string, args ...string) *kasProcess {
 	t.Helper()
-	cmd := exec.Command(kasBinary(t), args...)
+	cmd := exec.Command(kas, args...)
 	cmd.Env = append(os.Environ(), env...)
 	pipe, err := cmd.StderrPipe()
 	if err != nil {
@@ -235,10 +227,10 @@ func (p *kasProcess) wait(t *testing.T) int {
 	}
 }
 
-// TestCLIEmbeddedControlplane is the quick start: `kas controlplane` with no
+// testEmbeddedControlplane is the quick start: `kas controlplane` with no
 // configuration runs its own PostgreSQL, generates its keys, and keeps both
 // across restarts; a second kas on the same data directory is refused.
-func TestCLIEmbeddedControlplane(t *testing.T) {
+func testEmbeddedControlplane(t *testing.T, kas string) {
 	if _, err := pglocal.BinDir(); err != nil {
 		if os.Getenv("KAS_REQUIRE_CLIENTS") == "1" {
 			t.Fatal(err)
@@ -260,7 +252,7 @@ func TestCLIEmbeddedControlplane(t *testing.T) {
 		"KAS_OBSERVABILITY_LOG_FORMAT=json",
 	}
 
-	first := startKAS(t, env, "controlplane", "--data-dir", dataDir)
+	first := startKAS(t, kas, env, "controlplane", "--data-dir", dataDir)
 	addrs := first.addresses(t)
 	resp, err := http.Get("http://" + addrs["observability.listen"] + "/readyz")
 	if err != nil {
@@ -297,7 +289,7 @@ func TestCLIEmbeddedControlplane(t *testing.T) {
 	first.stop(t)
 
 	// Restart on the same data directory: same keys, same data.
-	second := startKAS(t, env, "controlplane", "--data-dir", dataDir)
+	second := startKAS(t, kas, env, "controlplane", "--data-dir", dataDir)
 	addrs = second.addresses(t)
 	got, err := agents(addrs["controlplane.listen"]).GetAgent(ctx, &managementv1.GetAgentRequest{AgentId: created.Agent.Id})
 	if err != nil || got.Agent.Name != "survivor" {
@@ -308,7 +300,7 @@ func TestCLIEmbeddedControlplane(t *testing.T) {
 	}
 
 	// A concurrent kas on the same data directory fails clearly.
-	third := startKAS(t, env, "controlplane", "--data-dir", dataDir)
+	third := startKAS(t, kas, env, "controlplane", "--data-dir", dataDir)
 	if code := third.wait(t); code != 1 || !strings.Contains(third.output(), "is in use by another running server") {
 		t.Errorf("second kas on the same data directory: exit %d\n%s", code, third.output())
 	}

@@ -97,9 +97,9 @@ func TestCLIVerifyAndPrintConfig(t *testing.T) {
 	// Unknown settings in the file are problems too.
 	file := filepath.Join(dir, "kas.yaml")
 	os.WriteFile(file, []byte("controlplane:\n  lissen: {}\n"), 0o600)
-	if code, _, stderr := cli(t, nil, "--config", file, "--verify-config"); code != ExitError ||
-		!strings.Contains(stderr, "controlplane.lissen: unknown setting (line 2)") {
-		t.Errorf("unknown setting: exit %d, stderr %q", code, stderr)
+	code, _, stderr = cli(t, env, "--config", file, "--verify-config")
+	if code != ExitError || !strings.Contains(stderr, "kas: invalid configuration (4 problems):\n  controlplane.lissen: unknown setting (line 2)\n  api_secret_key_file: ") {
+		t.Errorf("unknown setting, reported with the other problems: exit %d, stderr %q", code, stderr)
 	}
 	code, stdout, stderr := cli(t, map[string]string{"KAS_DATABASE_URL": "postgres://u:pw@db/kas"}, "--data-dir", "/srv/pg", "migrate", "--print-config")
 	if code != ExitOK || !strings.Contains(stdout, `url: "postgres://u:xxxxx@db/kas" # KAS_DATABASE_URL`) ||

@@ -66,8 +66,6 @@ type CLI struct {
 	// SetDefaultLogger, when set, receives the configured logger (main
 	// passes slog.SetDefault).
 	SetDefaultLogger func(*slog.Logger)
-	// Started, when set, is called with the Server once it serves (tests).
-	Started func(*Server)
 }
 
 // common are the flags every command accepts.
@@ -210,24 +208,26 @@ func (cli CLI) run(ctx context.Context, args []string) error {
 	return usageError{fmt.Sprintf("unknown command %q", cmd)}
 }
 
-// load reads the configuration: file, environment, then flags.
-func (cli CLI) load(c common) (*config.Config, error) {
+// load reads the configuration: file, environment, then flags. When some
+// settings do not parse, the problems of the others (as validated for role)
+// are reported with them.
+func (cli CLI) load(c common, role config.Role) (*config.Config, error) {
 	cfg, err := config.Load(c.configFile, cli.LookupEnv)
-	if err != nil {
-		if cfg == nil {
-			return nil, err
-		}
-		return nil, &ConfigError{err}
+	if cfg == nil {
+		return nil, err
 	}
 	if c.dataDir != "" {
 		cfg.Database.DataDir = c.dataDir
+	}
+	if err != nil {
+		return nil, &ConfigError{errors.Join(err, cfg.Validate(role))}
 	}
 	return cfg, nil
 }
 
 // checkOnly handles --print-config and --verify-config for role.
 func (cli CLI) checkOnly(c common, role config.Role) error {
-	cfg, err := cli.load(c)
+	cfg, err := cli.load(c, role)
 	if err != nil {
 		return err
 	}
@@ -270,7 +270,7 @@ func (cli CLI) serve(ctx context.Context, c common, role config.Role) error {
 	if c.printConfig || c.verifyConfig {
 		return cli.checkOnly(c, role)
 	}
-	cfg, err := cli.load(c)
+	cfg, err := cli.load(c, role)
 	if err != nil {
 		return err
 	}
@@ -285,9 +285,6 @@ func (cli CLI) serve(ctx context.Context, c common, role config.Role) error {
 	}
 	defer s.Close()
 	log.Info("kas started", "version", version())
-	if cli.Started != nil {
-		cli.Started(s)
-	}
 	return s.Run(ctx)
 }
 
@@ -295,7 +292,7 @@ func (cli CLI) migrate(ctx context.Context, c common, status bool) error {
 	if c.printConfig || c.verifyConfig {
 		return cli.checkOnly(c, config.RoleMigrate)
 	}
-	cfg, err := cli.load(c)
+	cfg, err := cli.load(c, config.RoleMigrate)
 	if err != nil {
 		return err
 	}

@@ -16,7 +16,7 @@ func (cli CLI) gc(ctx context.Context, c common) error {
 	if c.printConfig || c.verifyConfig {
 		return cli.checkOnly(c, role)
 	}
-	cfg, err := cli.load(c)
+	cfg, err := cli.load(c, role)
 	if err != nil {
 		return err
 	}

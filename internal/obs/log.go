@@ -116,7 +116,8 @@ func AgentID(ctx context.Context) (int64, bool) {
 }
 
 // ContextHandler adds request_id, node_id and agent_id from a record's
-// context to the record. Use the *Context logging methods to pass it.
+// context to the record. Use the *Context logging methods to pass it. Under
+// a logger's WithGroup the IDs land inside the group, like any record attribute.
 type ContextHandler struct {
 	slog.Handler
 }

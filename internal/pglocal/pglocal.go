@@ -217,6 +217,40 @@ func (s *Server) Stop() error {
 // Done is closed when the server process exits.
 func (s *Server) Done() <-chan struct{} { return s.done }
 
+// CleanStale removes directories under the system temp directory matching
+// pattern (e.g. "kas-pgtest-*") that no live server uses any more: left by
+// processes that were killed. A directory is in use while a postmaster.pid
+// or socket lock file in it (or in its data/ subdirectory) names a live process.
+func CleanStale(pattern string) {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), pattern))
+	for _, d := range dirs {
+		if inUse(d) {
+			continue
+		}
+		os.RemoveAll(d)
+	}
+}
+
+func inUse(dir string) bool {
+	for _, f := range []string{"data/postmaster.pid", "postmaster.pid", ".s.PGSQL.5432.lock"} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			continue
+		}
+		first, _, _ := strings.Cut(string(b), "\n")
+		pid, err := strconv.Atoi(strings.TrimSpace(first))
+		if err == nil && pid > 0 && syscall.Kill(pid, 0) != syscall.ESRCH {
+			return true
+		}
+	}
+	// A socket directory whose server never wrote a lock yet may be starting:
+	// keep it if it is younger than a minute.
+	if st, err := os.Stat(dir); err == nil && time.Since(st.ModTime()) < time.Minute {
+		return true
+	}
+	return false
+}
+
 func readFrom(path string, off int64) string {
 	b, err := os.ReadFile(path)
 	if err != nil || off > int64(len(b)) {

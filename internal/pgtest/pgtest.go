@@ -28,6 +28,10 @@ var (
 )
 
 func start() {
+	// Servers of earlier test binaries die with them (Pdeathsig) but leave
+	// their directories behind; sweep those first.
+	pglocal.CleanStale("kas-pgtest-*")
+	pglocal.CleanStale("kas-pg-*")
 	dir, initErr = os.MkdirTemp("", "kas-pgtest-")
 	if initErr != nil {
 		return

@@ -1,0 +1,570 @@
+// Package agentserver accepts agentk's tunnels on the agent listener (port
+// 8150) and keeps them.
+//
+// The handshake is a WebSocket upgrade of GET /api/tunnel/v1 offering the
+// subprotocol kas.tunnel.v1, with the agent token in "Authorization: Bearer
+// <token>" and the agent's version in Kas-Agent-Version. The token is checked
+// before the upgrade: a refused token gets 401, a control plane that cannot
+// answer gets 503 with Retry-After, a draining node 503 with Retry-After.
+// Every response carries Kas-Node-Id, so an agent can spread its tunnels over
+// different nodes.
+//
+// After the upgrade the connection is a tunnel.Session on which the node
+// opens streams and the agent accepts them. The Server keeps a registry of
+// open sessions by agent ID (Open picks the least loaded one), reports each
+// session to the Registrar, rechecks the agent token while the session
+// lives and closes it once the token is refused. Sessions are tracked with
+// their own WaitGroup: http.Server.Shutdown does not wait for hijacked
+// connections.
+package agentserver
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kas-project/kas/dataplane/discovery"
+	"github.com/kas-project/kas/dataplane/tunnel"
+)
+
+// The handshake contract between agentk and a node.
+const (
+	// Path is where agents open tunnels.
+	Path = "/api/tunnel/v1"
+	// HeaderAgentVersion is the request header carrying agentk's version.
+	HeaderAgentVersion = "Kas-Agent-Version"
+	// HeaderNodeID is the response header naming the node that answered.
+	HeaderNodeID = "Kas-Node-Id"
+)
+
+// Errors of Open. They wrap no detail of their own; Open adds the agent
+// and node.
+var (
+	// ErrNoTunnel: the node holds no tunnel of the agent.
+	ErrNoTunnel = errors.New("no tunnel for the agent on this node")
+	// ErrDraining: the node holds tunnels of the agent, but each is going
+	// away (GOAWAY sent or received); the agent is moving elsewhere.
+	ErrDraining = errors.New("the agent's tunnels on this node are going away")
+)
+
+// Authenticator checks agent tokens; *discovery.AgentAuthenticator is one.
+type Authenticator interface {
+	// Valid reports who the token belongs to. An error wrapping
+	// discovery.ErrUnauthenticated is a definite refusal; any other error
+	// means the answer is unknown for now.
+	Valid(ctx context.Context, token string) (discovery.AgentInfo, error)
+	// Recheck returns an error wrapping discovery.ErrUnauthenticated once
+	// the token is refused, or nil when ctx ends.
+	Recheck(ctx context.Context, token string) error
+}
+
+// Registrar is told about tunnels; *discovery.Registrar is one. Neither
+// method may block.
+type Registrar interface {
+	TunnelOpened(agentID int64, tunnelID, agentVersion string)
+	TunnelClosed(tunnelID string)
+}
+
+// Options configure a Server.
+type Options struct {
+	// NodeID names this node in Kas-Node-Id and in logs.
+	NodeID string
+	Auth   Authenticator
+	// Registrar is told about every tunnel opened and closed.
+	Registrar Registrar
+	// Tunnel tunes every session.
+	Tunnel tunnel.Config
+	// AuthTimeout bounds the token check of one handshake. Default 10 s.
+	AuthTimeout time.Duration
+	// RetryAfter is sent with 503 answers. Default 5 s.
+	RetryAfter time.Duration
+	Logger     *slog.Logger
+}
+
+// Validate checks o and fills defaults, reporting every problem at once.
+func (o *Options) Validate() error {
+	var errs []error
+	if o.NodeID == "" {
+		errs = append(errs, errors.New("agent server: node ID is required"))
+	}
+	if o.Auth == nil {
+		errs = append(errs, errors.New("agent server: authenticator is required"))
+	}
+	if o.Registrar == nil {
+		errs = append(errs, errors.New("agent server: registrar is required"))
+	}
+	if err := o.Tunnel.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("agent server: tunnel config: %w", err))
+	}
+	if o.AuthTimeout <= 0 {
+		o.AuthTimeout = 10 * time.Second
+	}
+	if o.RetryAfter <= 0 {
+		o.RetryAfter = 5 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return errors.Join(errs...)
+}
+
+// Server is the agent endpoint and the registry of the node's tunnels.
+type Server struct {
+	opts Options
+	log  *slog.Logger
+
+	ctx    context.Context // ends on Close: rechecks stop, sessions close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // one per tunnel, held by its handler
+
+	// shutdown is closed by Shutdown: every tunnel's handler then shuts
+	// its session down gracefully, bounded by shutdownCtx.
+	shutdown     chan struct{}
+	shutdownCtx  context.Context
+	shutdownStop context.CancelFunc
+
+	mu       sync.Mutex
+	byAgent  map[int64][]*entry
+	count    int
+	draining bool
+	closed   bool
+	changed  chan struct{} // closed and replaced when a tunnel comes or goes
+
+	stats counters
+}
+
+type entry struct {
+	id      string
+	agentID int64
+	version string
+	sess    *tunnel.Session
+	opened  time.Time
+}
+
+// counters are the Server's statistics; ended accumulates the stream
+// counters of sessions that are gone.
+type counters struct {
+	accepted, refusedAuth, refusedUnavailable, refusedDraining, refusedBad atomic.Uint64
+	revoked, closed                                                      atomic.Uint64
+
+	mu    sync.Mutex
+	ended tunnel.Stats
+}
+
+// New validates opts and returns a Server.
+func New(opts Options) (*Server, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	sctx, sstop := context.WithCancel(ctx)
+	return &Server{
+		opts:         opts,
+		log:          opts.Logger.With("node_id", opts.NodeID),
+		ctx:          ctx,
+		cancel:       cancel,
+		shutdown:     make(chan struct{}),
+		shutdownCtx:  sctx,
+		shutdownStop: sstop,
+		byAgent:      make(map[int64][]*entry),
+		changed:      make(chan struct{}),
+	}, nil
+}
+
+// ServeHTTP serves the tunnel endpoint at Path and 404 elsewhere.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set(HeaderNodeID, s.opts.NodeID)
+	if r.URL.Path != Path {
+		http.Error(w, "not found: agents open tunnels at "+Path, http.StatusNotFound)
+		return
+	}
+	s.serveTunnel(w, r)
+}
+
+func (s *Server) isDraining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining || s.closed
+}
+
+func (s *Server) unavailable(w http.ResponseWriter, msg string) *tunnel.HTTPError {
+	w.Header().Set("Retry-After", strconv.Itoa(int((s.opts.RetryAfter+time.Second-1)/time.Second)))
+	return &tunnel.HTTPError{Status: http.StatusServiceUnavailable, Message: msg}
+}
+
+const (
+	msgDraining    = "this node is draining: connect to another node"
+	msgNoToken     = "missing agent token: send \"Authorization: Bearer <agent token>\""
+	msgBadToken    = "agent token is not valid (unknown, malformed or revoked)"
+	msgAuthPending = "cannot verify the agent token now (control plane unavailable): retry later"
+)
+
+func (s *Server) serveTunnel(w http.ResponseWriter, r *http.Request) {
+	log := s.log.With("remote_addr", r.RemoteAddr)
+	if s.isDraining() {
+		he := s.unavailable(w, msgDraining)
+		s.stats.refusedDraining.Add(1)
+		http.Error(w, he.Message, he.Status)
+		log.Debug("tunnel refused: node draining")
+		return
+	}
+	var (
+		info  discovery.AgentInfo
+		token string
+	)
+	sess, err := tunnel.Accept(w, r, tunnel.AcceptOptions{
+		Config: s.opts.Tunnel,
+		Authorize: func(r *http.Request) error {
+			tok, ok := tunnel.BearerToken(r)
+			if !ok {
+				s.stats.refusedAuth.Add(1)
+				return &tunnel.HTTPError{Status: http.StatusUnauthorized, Message: msgNoToken}
+			}
+			ctx, cancel := context.WithTimeout(r.Context(), s.opts.AuthTimeout)
+			defer cancel()
+			var err error
+			info, err = s.opts.Auth.Valid(ctx, tok)
+			switch {
+			case errors.Is(err, discovery.ErrUnauthenticated):
+				s.stats.refusedAuth.Add(1)
+				return &tunnel.HTTPError{Status: http.StatusUnauthorized, Message: msgBadToken, Err: err}
+			case err != nil:
+				s.stats.refusedUnavailable.Add(1)
+				he := s.unavailable(w, msgAuthPending)
+				he.Err = err
+				return he
+			case s.isDraining():
+				s.stats.refusedDraining.Add(1)
+				return s.unavailable(w, msgDraining)
+			}
+			token = tok
+			return nil
+		},
+	})
+	if err != nil {
+		var he *tunnel.HTTPError
+		switch {
+		case errors.As(err, &he) && he.Status == http.StatusServiceUnavailable:
+			log.Warn("tunnel refused", "agent_id", info.AgentID, "err", err)
+		case errors.As(err, &he):
+			log.Info("tunnel refused", "err", err)
+		default:
+			s.stats.refusedBad.Add(1)
+			log.Info("tunnel handshake failed", "err", err)
+		}
+		return
+	}
+
+	e := &entry{id: newTunnelID(), agentID: info.AgentID, version: r.Header.Get(HeaderAgentVersion), sess: sess, opened: time.Now()}
+	if !s.add(e) {
+		s.stats.refusedDraining.Add(1)
+		sess.Close()
+		log.Info("tunnel closed at once: node draining", "agent_id", info.AgentID)
+		return
+	}
+	defer s.wg.Done()
+	s.stats.accepted.Add(1)
+	log = log.With("agent_id", e.agentID, "tunnel_id", e.id)
+	s.opts.Registrar.TunnelOpened(e.agentID, e.id, e.version)
+	log.Info("tunnel opened", "agent_version", e.version, "agent_name", info.AgentName)
+
+	// The token stays in memory for the tunnel's life: it is rechecked.
+	rctx, stopRecheck := context.WithCancel(s.ctx)
+	revoked := make(chan error, 1)
+	go func() { revoked <- s.opts.Auth.Recheck(rctx, token) }()
+	recheckDone := false
+	select {
+	case <-sess.Done():
+	case err := <-revoked:
+		recheckDone = true
+		if err != nil {
+			s.stats.revoked.Add(1)
+			log.Warn("agent token no longer valid: closing tunnel", "err", err)
+		}
+		sess.Close()
+	case <-s.shutdown:
+		if err := sess.Shutdown(s.shutdownCtx); err != nil {
+			log.Info("tunnel closed with streams still open at the end of the drain", "err", err)
+		}
+	case <-s.ctx.Done():
+		sess.Close()
+	}
+	stopRecheck()
+	if !recheckDone {
+		<-revoked
+	}
+	sess.Close() // no-op unless the recheck or shutdown path left it open
+	s.remove(e)
+	s.opts.Registrar.TunnelClosed(e.id)
+	st := sess.Stats()
+	s.stats.closed.Add(1)
+	s.stats.mu.Lock()
+	addStats(&s.stats.ended, st)
+	s.stats.mu.Unlock()
+	log.Info("tunnel closed", "reason", sess.Err(), "duration", time.Since(e.opened).Round(time.Millisecond),
+		"streams", st.StreamsOpened+st.StreamsAccepted, "bytes_in", st.BytesIn, "bytes_out", st.BytesOut)
+}
+
+func newTunnelID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:]) // never fails
+	return hex.EncodeToString(b[:])
+}
+
+// add registers e unless the node is draining or closed; it takes a
+// WaitGroup slot for the tunnel's handler.
+func (s *Server) add(e *entry) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining || s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	s.byAgent[e.agentID] = append(s.byAgent[e.agentID], e)
+	s.count++
+	s.notifyLocked()
+	return true
+}
+
+func (s *Server) remove(e *entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	list := s.byAgent[e.agentID]
+	i := slices.Index(list, e)
+	if i < 0 {
+		return
+	}
+	list = slices.Delete(slices.Clone(list), i, i+1)
+	if len(list) == 0 {
+		delete(s.byAgent, e.agentID)
+	} else {
+		s.byAgent[e.agentID] = list
+	}
+	s.count--
+	s.notifyLocked()
+}
+
+func (s *Server) notifyLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// Open opens a stream to the agent on one of its tunnels here: the one with
+// the fewest streams among those not going away. The stream is ready for
+// writing at once (see tunnel.Session.Open). Errors wrap ErrNoTunnel,
+// ErrDraining, or the tunnel's error when every session refused.
+func (s *Server) Open(ctx context.Context, agentID int64) (net.Conn, error) {
+	s.mu.Lock()
+	list := s.byAgent[agentID] // never modified in place
+	s.mu.Unlock()
+	if len(list) == 0 {
+		return nil, fmt.Errorf("open stream to agent %d on node %s: %w", agentID, s.opts.NodeID, ErrNoTunnel)
+	}
+	type cand struct {
+		e       *entry
+		away    bool
+		streams int
+	}
+	cands := make([]cand, len(list))
+	for i, e := range list {
+		cands[i] = cand{e: e, away: goneAway(e.sess), streams: e.sess.NumStreams()}
+	}
+	slices.SortStableFunc(cands, func(a, b cand) int {
+		if a.away != b.away {
+			if a.away {
+				return 1
+			}
+			return -1
+		}
+		return a.streams - b.streams
+	})
+	var lastErr error
+	allAway := true
+	for _, c := range cands {
+		st, err := c.e.sess.Open(ctx)
+		if err == nil {
+			return st, nil
+		}
+		lastErr = err
+		if !errors.Is(err, tunnel.ErrGoingAway) && !errors.Is(err, tunnel.ErrClosed) && !errors.Is(err, tunnel.ErrPeerClosed) {
+			allAway = false
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if allAway {
+		return nil, fmt.Errorf("open stream to agent %d on node %s: %w", agentID, s.opts.NodeID, ErrDraining)
+	}
+	return nil, fmt.Errorf("open stream to agent %d on node %s: %w", agentID, s.opts.NodeID, lastErr)
+}
+
+func goneAway(s *tunnel.Session) bool {
+	select {
+	case <-s.GoneAway():
+		return true
+	default:
+		return false
+	}
+}
+
+// Drain refuses new tunnels (503) and sends GOAWAY on every open one:
+// agents open replacements elsewhere, then close these. Streams already
+// open carry on; Open fails with ErrDraining from now on.
+func (s *Server) Drain() {
+	s.mu.Lock()
+	s.draining = true
+	var all []*tunnel.Session
+	for _, list := range s.byAgent {
+		for _, e := range list {
+			all = append(all, e.sess)
+		}
+	}
+	s.mu.Unlock()
+	for _, sess := range all {
+		sess.GoAway()
+	}
+	s.log.Info("draining: GOAWAY sent to every tunnel", "tunnels", len(all))
+}
+
+// Shutdown drains (see Drain) and then closes each tunnel as soon as it
+// has no streams left, waiting until every tunnel is gone or ctx ends; the
+// tunnels left then are closed at once. It returns ctx's error in that
+// case.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.Drain()
+	s.mu.Lock()
+	select {
+	case <-s.shutdown:
+	default:
+		close(s.shutdown)
+	}
+	s.mu.Unlock()
+	stop := context.AfterFunc(ctx, s.shutdownStop)
+	defer stop()
+	err := s.Wait(ctx)
+	if err != nil {
+		s.Close()
+	}
+	return err
+}
+
+// Wait blocks until no tunnel is open or ctx ends.
+func (s *Server) Wait(ctx context.Context) error {
+	for {
+		s.mu.Lock()
+		n, ch := s.count, s.changed
+		s.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %d tunnels to close: %w", n, ctx.Err())
+		}
+	}
+}
+
+// Close refuses new tunnels, closes every open one at once and waits for
+// their handlers to finish. It is idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}
+
+// Tunnels returns the number of open tunnels.
+func (s *Server) Tunnels() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.count
+}
+
+// AgentTunnels returns the number of open tunnels of agentID.
+func (s *Server) AgentTunnels(agentID int64) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.byAgent[agentID])
+}
+
+// Stats are the Server's counters since New.
+type Stats struct {
+	// Tunnels is the number open now.
+	Tunnels int
+	// Accepted counts tunnels opened.
+	Accepted uint64
+	// RefusedUnauthenticated counts handshakes without a valid token (401).
+	RefusedUnauthenticated uint64
+	// RefusedUnavailable counts handshakes refused because the control
+	// plane could not check the token (503).
+	RefusedUnavailable uint64
+	// RefusedDraining counts handshakes refused while draining (503).
+	RefusedDraining uint64
+	// Failed counts other failed handshakes (not a WebSocket, wrong
+	// subprotocol).
+	Failed uint64
+	// Revoked counts tunnels closed because their token was refused later.
+	Revoked uint64
+	// Closed counts tunnels that ended, any way.
+	Closed uint64
+	// Streams sums the session counters of every tunnel, open or closed
+	// (RTT is the largest among open tunnels).
+	Streams tunnel.Stats
+}
+
+// Stats returns the counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	var live []*tunnel.Session
+	for _, list := range s.byAgent {
+		for _, e := range list {
+			live = append(live, e.sess)
+		}
+	}
+	n := s.count
+	s.mu.Unlock()
+	s.stats.mu.Lock()
+	sum := s.stats.ended
+	s.stats.mu.Unlock()
+	sum.RTT = 0
+	for _, sess := range live {
+		st := sess.Stats()
+		addStats(&sum, st)
+		sum.RTT = max(sum.RTT, st.RTT)
+	}
+	return Stats{
+		Tunnels:                n,
+		Accepted:               s.stats.accepted.Load(),
+		RefusedUnauthenticated: s.stats.refusedAuth.Load(),
+		RefusedUnavailable:     s.stats.refusedUnavailable.Load(),
+		RefusedDraining:        s.stats.refusedDraining.Load(),
+		Failed:                 s.stats.refusedBad.Load(),
+		Revoked:                s.stats.revoked.Load(),
+		Closed:                 s.stats.closed.Load(),
+		Streams:                sum,
+	}
+}
+
+func addStats(sum *tunnel.Stats, st tunnel.Stats) {
+	sum.StreamsOpened += st.StreamsOpened
+	sum.StreamsAccepted += st.StreamsAccepted
+	sum.StreamsClosed += st.StreamsClosed
+	sum.StreamsRefused += st.StreamsRefused
+	sum.StreamsReset += st.StreamsReset
+	sum.BytesIn += st.BytesIn
+	sum.BytesOut += st.BytesOut
+}

@@ -1,0 +1,228 @@
+// Command tunnel benchmarks the tunnel between a dataplane node and agentk,
+// and the stream multiplexers that could carry it, over a loopback
+// WebSocket. It prints one table; every figure is a ratio to a baseline
+// measured in the same run (the absolute value follows in parentheses).
+//
+//	go run ./tests/bench/tunnel          # full: 256 MiB transfers, 10,000 idle tunnels
+//	go run ./tests/bench/tunnel -short   # under a minute: 64 MiB, 1,000 idle tunnels
+//
+// Both ends of every tunnel run in this process on the same cores, except
+// for the idle-tunnel memory test, whose agents run in a child process so
+// that only the node's end is measured.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+func main() {
+	if os.Getenv(childEnv) != "" {
+		if err := runChild(); err != nil {
+			fmt.Fprintln(os.Stderr, "child:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	short := flag.Bool("short", false, "smaller runs, well under a minute")
+	only := flag.String("only", "", "comma-separated candidates to run (default all: kas,yamux,smux)")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
+	if err := run(*short, *only); err != nil {
+		pprof.StopCPUProfile()
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type sizes struct {
+	transfer   int64 // bytes per throughput run
+	reps       int   // throughput runs; the median counts
+	roundTrips int   // latency samples
+	opens      int   // open+request+close samples
+	stallEach  int64 // bytes per active stream in the stall test
+	idle       int   // idle tunnels for the memory test
+}
+
+func run(short bool, only string) error {
+	sz := sizes{transfer: 256 << 20, reps: 3, roundTrips: 20000, opens: 5000, stallEach: 64 << 20, idle: 10000}
+	if short {
+		sz = sizes{transfer: 64 << 20, reps: 3, roundTrips: 5000, opens: 2000, stallEach: 16 << 20, idle: 1000}
+	}
+	cands := candidates
+	if only != "" {
+		cands = nil
+		for _, c := range candidates {
+			if slices.Contains(strings.Split(only, ","), c.name) {
+				cands = append(cands, c)
+			}
+		}
+	}
+	ctx := context.Background()
+	start := time.Now()
+
+	// Memory first, on a quiet heap.
+	rawMem, err := idleMemory(ctx, nil, sz.idle)
+	if err != nil {
+		return fmt.Errorf("raw idle memory: %w", err)
+	}
+	mem := map[string]memResult{}
+	for _, c := range cands {
+		m, err := idleMemory(ctx, &c, sz.idle)
+		if err != nil {
+			return fmt.Errorf("%s idle memory: %w", c.name, err)
+		}
+		mem[c.name] = m
+	}
+
+	raw, err := newRawPair(ctx)
+	if err != nil {
+		return err
+	}
+	rawUp, err := median(sz.reps, func() (float64, error) { return raw.throughput(sz.transfer, true) })
+	if err != nil {
+		return fmt.Errorf("raw throughput: %w", err)
+	}
+	rawDown, err := median(sz.reps, func() (float64, error) { return raw.throughput(sz.transfer, false) })
+	if err != nil {
+		return fmt.Errorf("raw throughput: %w", err)
+	}
+	rawLat, err := raw.latency(sz.roundTrips)
+	if err != nil {
+		return fmt.Errorf("raw latency: %w", err)
+	}
+	raw.close()
+
+	type result struct {
+		up, down       float64
+		lat, openLat   percentiles
+		alone, stalled float64
+		stalled8       float64
+	}
+	res := map[string]result{}
+	for _, c := range cands {
+		var r result
+		h, err := newHarness(ctx, c)
+		if err != nil {
+			return err
+		}
+		if r.up, err = median(sz.reps, func() (float64, error) { return h.throughput(ctx, sz.transfer, true) }); err != nil {
+			return fmt.Errorf("%s throughput: %w", c.name, err)
+		}
+		if r.down, err = median(sz.reps, func() (float64, error) { return h.throughput(ctx, sz.transfer, false) }); err != nil {
+			return fmt.Errorf("%s throughput: %w", c.name, err)
+		}
+		if r.lat, err = h.latency(ctx, sz.roundTrips); err != nil {
+			return fmt.Errorf("%s latency: %w", c.name, err)
+		}
+		if r.openLat, err = h.openLatency(ctx, sz.opens); err != nil {
+			return fmt.Errorf("%s open latency: %w", c.name, err)
+		}
+		h.close()
+		if r.alone, err = stallTest(ctx, c, 0, sz.stallEach); err != nil {
+			return fmt.Errorf("%s without stall: %w", c.name, err)
+		}
+		if r.stalled, err = stallTest(ctx, c, 1, sz.stallEach); err != nil {
+			return fmt.Errorf("%s with stall: %w", c.name, err)
+		}
+		if r.stalled8, err = stallTest(ctx, c, 8, sz.stallEach); err != nil {
+			return fmt.Errorf("%s with 8 stalls: %w", c.name, err)
+		}
+		res[c.name] = r
+	}
+
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "tunnel benchmark: loopback WebSocket, GOMAXPROCS=%d, short=%v; ratio to the baseline (absolute)\n", runtime.GOMAXPROCS(0), short)
+	header := "metric\tbaseline"
+	for _, c := range cands {
+		header += "\t" + c.name
+	}
+	fmt.Fprintln(w, header+"\tgoal")
+	row := func(metric, base, goal string, cell func(name string) string) {
+		line := metric + "\t" + base
+		for _, c := range cands {
+			line += "\t" + cell(c.name)
+		}
+		fmt.Fprintln(w, line+"\t"+goal)
+	}
+	mibs := func(v, base float64) string { return fmt.Sprintf("%.2f (%.0f MiB/s)", v/base, v) }
+	durs := func(v, base time.Duration) string { return fmt.Sprintf("%.2f (%s)", float64(v)/float64(base), us(v)) }
+	row("1 stream agent→node (masked)", fmt.Sprintf("raw WS %.0f MiB/s", rawUp), "-",
+		func(n string) string { return mibs(res[n].up, rawUp) })
+	row("1 stream node→agent", fmt.Sprintf("raw WS %.0f MiB/s", rawDown), "-",
+		func(n string) string { return mibs(res[n].down, rawDown) })
+	row("round trip p50, open stream", "raw WS "+us(rawLat.p50), "-",
+		func(n string) string { return durs(res[n].lat.p50, rawLat.p50) })
+	row("round trip p99, open stream", "raw WS "+us(rawLat.p99), "-",
+		func(n string) string { return durs(res[n].lat.p99, rawLat.p99) })
+	row("open+round trip+close p50", "raw WS "+us(rawLat.p50), "-",
+		func(n string) string { return durs(res[n].openLat.p50, rawLat.p50) })
+	row("open+round trip+close p99", "raw WS "+us(rawLat.p99), "-",
+		func(n string) string { return durs(res[n].openLat.p99, rawLat.p99) })
+	row("4 streams, 1 stalled", "same mux, no stall", ">= 0.90",
+		func(n string) string { return mibs(res[n].stalled, res[n].alone) })
+	row("4 streams, 8 stalled", "same mux, no stall", "-",
+		func(n string) string { return mibs(res[n].stalled8, res[n].alone) })
+	row(fmt.Sprintf("node memory/idle tunnel, %d", sz.idle), fmt.Sprintf("raw WS %s", kib(rawMem.perConn)), "<= 64 KiB",
+		func(n string) string {
+			return fmt.Sprintf("%.2f (%s, %.1f gor.)", mem[n].perConn/rawMem.perConn, kib(mem[n].perConn), mem[n].goroutines)
+		})
+	row("  of which heap", fmt.Sprintf("raw WS %s", kib(rawMem.heap)), "-",
+		func(n string) string { return fmt.Sprintf("%.2f (%s)", mem[n].heap/rawMem.heap, kib(mem[n].heap)) })
+	w.Flush()
+	fmt.Fprintf(os.Stderr, "took %v\n", time.Since(start).Round(time.Second))
+	return nil
+}
+
+func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond)) }
+func kib(b float64) string      { return fmt.Sprintf("%.1f KiB", b/1024) }
+
+func median(n int, f func() (float64, error)) (float64, error) {
+	var v []float64
+	for range n {
+		x, err := f()
+		if err != nil {
+			return 0, err
+		}
+		v = append(v, x)
+	}
+	slices.Sort(v)
+	return v[len(v)/2], nil
+}
+
+type percentiles struct{ p50, p99 time.Duration }
+
+func percentilesOf(d []time.Duration) percentiles {
+	slices.Sort(d)
+	return percentiles{p50: d[len(d)/2], p99: d[len(d)*99/100]}
+}
+
+// readN reads exactly n bytes into a reused buffer.
+func readN(r io.Reader, n int64, buf []byte) error {
+	for n > 0 {
+		k, err := r.Read(buf[:min(int64(len(buf)), n)])
+		n -= int64(k)
+		if err != nil && n > 0 {
+			return err
+		}
+	}
+	return nil
+}

@@ -41,16 +41,16 @@ const (
 type frameType uint8
 
 const (
-	typeData    frameType = iota // stream payload
-	typeOpen                     // new stream from the sender; value = window delta
-	typeAccept                   // the receiver's application accepted the stream; value = window delta
-	typeWindow                   // more credit; value = delta
-	typeFin                      // the sender will send no more data on the stream
-	typeReset                    // abort the stream; value = resetCode
-	typePing                     // value echoed in a PONG
-	typePong                     // answer to PING
-	typeGoAway                   // drain: open no new streams on this tunnel; value = code
-	typeClose                    // the sender closes the tunnel now; nothing follows
+	typeData   frameType = iota // stream payload
+	typeOpen                    // new stream from the sender; value = window delta
+	typeAccept                  // the receiver's application accepted the stream; value = window delta
+	typeWindow                  // more credit; value = delta
+	typeFin                     // the sender will send no more data on the stream
+	typeReset                   // abort the stream; value = resetCode
+	typePing                    // value echoed in a PONG
+	typePong                    // answer to PING
+	typeGoAway                  // drain: open no new streams on this tunnel; value = code
+	typeClose                   // the sender closes the tunnel now; nothing follows
 	numFrameTypes
 )
 

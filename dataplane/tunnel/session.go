@@ -175,6 +175,9 @@ func (s *Session) Accept(ctx context.Context) (*Stream, error) {
 			st := s.backlog[0]
 			s.backlog[0] = nil
 			s.backlog = s.backlog[1:]
+			if len(s.backlog) == 0 {
+				s.backlog = nil
+			}
 			if len(s.backlog) > 0 {
 				notify(s.acceptWake) // for the next Accept caller
 			}
@@ -468,6 +471,9 @@ func (s *Session) writeLoop() {
 			st := s.ready[0]
 			s.ready[0] = nil
 			s.ready = s.ready[1:]
+			if len(s.ready) == 0 {
+				s.ready = nil
+			}
 			s.wmu.Unlock()
 			b = st.fill(b, limit)
 			s.wmu.Lock()

@@ -90,11 +90,10 @@ func (st *Stream) Read(p []byte) (int, error) {
 			err := st.err
 			st.mu.Unlock()
 			return 0, err
+		case len(p) == 0:
+			st.mu.Unlock()
+			return 0, nil
 		case st.buffered > 0:
-			if len(p) == 0 {
-				st.mu.Unlock()
-				return 0, nil
-			}
 			n := st.readLocked(p)
 			st.mu.Unlock()
 			return n, nil
@@ -532,6 +531,10 @@ func (st *Stream) deliver(buf []byte) {
 		return
 	}
 	n := len(buf)
+	if n == 0 {
+		putBuf(buf)
+		return
+	}
 	if k := len(st.rq); k > 0 && n <= smallFrame {
 		if tail := st.rq[k-1]; cap(tail)-len(tail) >= n {
 			st.rq[k-1] = append(tail, buf...)

@@ -43,3 +43,25 @@ func benchThroughput(b *testing.B, up bool) {
 		})
 	}
 }
+
+func BenchmarkOpenLatency(b *testing.B) {
+	ctx := context.Background()
+	for _, c := range candidates {
+		b.Run(c.name, func(b *testing.B) {
+			h, err := newHarness(ctx, c)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer h.close()
+			for b.Loop() {
+				d, err := h.openLatency(ctx, 5000)
+				if err != nil {
+					b.Fatal(err)
+				}
+				p := percentilesOf(d)
+				b.ReportMetric(float64(p.p50.Microseconds()), "p50-µs")
+				b.ReportMetric(float64(p.p99.Microseconds()), "p99-µs")
+			}
+		})
+	}
+}

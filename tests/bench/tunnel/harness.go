@@ -176,58 +176,58 @@ func transfer(c io.ReadWriter, n int64, up bool) (float64, error) {
 }
 
 // latency measures msgSize round trips on one open stream.
-func (h *harness) latency(ctx context.Context, n int) (percentiles, error) {
+func (h *harness) latency(ctx context.Context, n int) ([]time.Duration, error) {
 	st, err := h.node.Open(ctx)
 	if err != nil {
-		return percentiles{}, err
+		return nil, err
 	}
 	defer st.Close()
 	return roundTrips(st, n)
 }
 
-func roundTrips(c io.ReadWriter, n int) (percentiles, error) {
+func roundTrips(c io.ReadWriter, n int) ([]time.Duration, error) {
 	if err := sendCmd(c, cmdEcho, int64(n)); err != nil {
-		return percentiles{}, err
+		return nil, err
 	}
 	buf := make([]byte, msgSize)
 	d := make([]time.Duration, n)
 	for i := range d {
 		start := time.Now()
 		if _, err := c.Write(buf); err != nil {
-			return percentiles{}, err
+			return nil, err
 		}
 		if _, err := io.ReadFull(c, buf); err != nil {
-			return percentiles{}, err
+			return nil, err
 		}
 		d[i] = time.Since(start)
 	}
-	return percentilesOf(d), nil
+	return d, nil
 }
 
 // openLatency measures what the proxy does per request: open a stream,
 // one round trip, close.
-func (h *harness) openLatency(ctx context.Context, n int) (percentiles, error) {
+func (h *harness) openLatency(ctx context.Context, n int) ([]time.Duration, error) {
 	buf := make([]byte, msgSize)
 	d := make([]time.Duration, n)
 	for i := range d {
 		start := time.Now()
 		st, err := h.node.Open(ctx)
 		if err != nil {
-			return percentiles{}, err
+			return nil, err
 		}
 		if err := sendCmd(st, cmdEcho, 1); err != nil {
-			return percentiles{}, err
+			return nil, err
 		}
 		if _, err := st.Write(buf); err != nil {
-			return percentiles{}, err
+			return nil, err
 		}
 		if _, err := io.ReadFull(st, buf); err != nil {
-			return percentiles{}, err
+			return nil, err
 		}
 		st.Close()
 		d[i] = time.Since(start)
 	}
-	return percentilesOf(d), nil
+	return d, nil
 }
 
 // stallTest runs 4 streams moving n bytes each agent→node at once, on a
@@ -320,7 +320,46 @@ func newRawPair(ctx context.Context) (*rawPair, error) {
 }
 
 func (p *rawPair) throughput(n int64, up bool) (float64, error) { return transfer(p.node, n, up) }
-func (p *rawPair) latency(n int) (percentiles, error)          { return roundTrips(p.node, n) }
+
+// handoffThroughput is agent→node throughput of the raw WebSocket when the
+// node reads in one goroutine and hands 64 KiB buffers to a consumer
+// goroutine, as every demultiplexer must: the ceiling for any mux.
+func (p *rawPair) handoffThroughput(n int64) (float64, error) {
+	if err := sendCmd(p.node, cmdSend, n); err != nil {
+		return 0, err
+	}
+	const depth = 16
+	free, full := make(chan []byte, depth), make(chan []byte, depth)
+	for range depth {
+		free <- make([]byte, chunk)
+	}
+	errc := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		defer close(full)
+		for left := n; left > 0; {
+			buf := <-free
+			k, err := p.node.Read(buf[:min(int64(len(buf)), left)])
+			left -= int64(k)
+			full <- buf[:k]
+			if err != nil && left > 0 {
+				errc <- err
+				return
+			}
+		}
+		errc <- nil
+	}()
+	dst := make([]byte, chunk)
+	for buf := range full {
+		copy(dst, buf)
+		free <- buf[:cap(buf)]
+	}
+	if err := <-errc; err != nil {
+		return 0, err
+	}
+	return float64(n) / (1 << 20) / time.Since(start).Seconds(), nil
+}
+func (p *rawPair) latency(n int) ([]time.Duration, error) { return roundTrips(p.node, n) }
 
 func (p *rawPair) close() {
 	p.node.Close()

@@ -177,4 +177,3 @@ func runChild() error {
 	runtime.KeepAlive(keep)
 	return nil
 }
-

@@ -93,60 +93,94 @@ func run(short bool, only string) error {
 		mem[c.name] = m
 	}
 
+	// Baselines and candidates run interleaved, round by round, so that load
+	// from elsewhere on the machine hits them alike; medians count.
 	raw, err := newRawPair(ctx)
 	if err != nil {
 		return err
 	}
-	rawUp, err := median(sz.reps, func() (float64, error) { return raw.throughput(sz.transfer, true) })
-	if err != nil {
-		return fmt.Errorf("raw throughput: %w", err)
-	}
-	rawDown, err := median(sz.reps, func() (float64, error) { return raw.throughput(sz.transfer, false) })
-	if err != nil {
-		return fmt.Errorf("raw throughput: %w", err)
-	}
-	rawLat, err := raw.latency(sz.roundTrips)
-	if err != nil {
-		return fmt.Errorf("raw latency: %w", err)
-	}
-	raw.close()
-
-	type result struct {
-		up, down       float64
-		lat, openLat   percentiles
-		alone, stalled float64
-		stalled8       float64
-	}
-	res := map[string]result{}
+	defer raw.close()
+	hs := map[string]*harness{}
 	for _, c := range cands {
-		var r result
 		h, err := newHarness(ctx, c)
 		if err != nil {
 			return err
 		}
-		if r.up, err = median(sz.reps, func() (float64, error) { return h.throughput(ctx, sz.transfer, true) }); err != nil {
-			return fmt.Errorf("%s throughput: %w", c.name, err)
+		defer h.close()
+		hs[c.name] = h
+	}
+	type samples struct {
+		up, down, alone, stalled, stalled8 []float64
+		lat, openLat                       []time.Duration
+	}
+	var rawS samples
+	var rawHandoff []float64
+	res := map[string]*samples{}
+	for _, c := range cands {
+		res[c.name] = &samples{}
+	}
+	for range sz.reps {
+		v, err := raw.throughput(sz.transfer, true)
+		if err != nil {
+			return fmt.Errorf("raw throughput: %w", err)
 		}
-		if r.down, err = median(sz.reps, func() (float64, error) { return h.throughput(ctx, sz.transfer, false) }); err != nil {
-			return fmt.Errorf("%s throughput: %w", c.name, err)
+		rawS.up = append(rawS.up, v)
+		if v, err = raw.handoffThroughput(sz.transfer); err != nil {
+			return fmt.Errorf("raw throughput: %w", err)
 		}
-		if r.lat, err = h.latency(ctx, sz.roundTrips); err != nil {
-			return fmt.Errorf("%s latency: %w", c.name, err)
+		rawHandoff = append(rawHandoff, v)
+		if v, err = raw.throughput(sz.transfer, false); err != nil {
+			return fmt.Errorf("raw throughput: %w", err)
 		}
-		if r.openLat, err = h.openLatency(ctx, sz.opens); err != nil {
-			return fmt.Errorf("%s open latency: %w", c.name, err)
+		rawS.down = append(rawS.down, v)
+		d, err := raw.latency(sz.roundTrips / sz.reps)
+		if err != nil {
+			return fmt.Errorf("raw latency: %w", err)
 		}
-		h.close()
-		if r.alone, err = stallTest(ctx, c, 0, sz.stallEach); err != nil {
-			return fmt.Errorf("%s without stall: %w", c.name, err)
+		rawS.lat = append(rawS.lat, d...)
+		for _, c := range cands {
+			h, r := hs[c.name], res[c.name]
+			if v, err = h.throughput(ctx, sz.transfer, true); err != nil {
+				return fmt.Errorf("%s throughput: %w", c.name, err)
+			}
+			r.up = append(r.up, v)
+			if v, err = h.throughput(ctx, sz.transfer, false); err != nil {
+				return fmt.Errorf("%s throughput: %w", c.name, err)
+			}
+			r.down = append(r.down, v)
+			if d, err = h.latency(ctx, sz.roundTrips/sz.reps); err != nil {
+				return fmt.Errorf("%s latency: %w", c.name, err)
+			}
+			r.lat = append(r.lat, d...)
+			if d, err = h.openLatency(ctx, sz.opens/sz.reps); err != nil {
+				return fmt.Errorf("%s open latency: %w", c.name, err)
+			}
+			r.openLat = append(r.openLat, d...)
+			for _, st := range []struct {
+				stalled int
+				dst     *[]float64
+			}{{0, &r.alone}, {1, &r.stalled}, {8, &r.stalled8}} {
+				if v, err = stallTest(ctx, c, st.stalled, sz.stallEach); err != nil {
+					return fmt.Errorf("%s with %d stalled: %w", c.name, st.stalled, err)
+				}
+				*st.dst = append(*st.dst, v)
+			}
 		}
-		if r.stalled, err = stallTest(ctx, c, 1, sz.stallEach); err != nil {
-			return fmt.Errorf("%s with stall: %w", c.name, err)
+	}
+	rawUp, rawDown, rawLat := median(rawS.up), median(rawS.down), percentilesOf(rawS.lat)
+	rawHand := median(rawHandoff)
+	type result struct {
+		up, down               float64
+		lat, openLat           percentiles
+		alone, stalled, stall8 float64
+	}
+	out := map[string]result{}
+	for name, r := range res {
+		out[name] = result{
+			up: median(r.up), down: median(r.down),
+			lat: percentilesOf(r.lat), openLat: percentilesOf(r.openLat),
+			alone: median(r.alone), stalled: median(r.stalled), stall8: median(r.stalled8),
 		}
-		if r.stalled8, err = stallTest(ctx, c, 8, sz.stallEach); err != nil {
-			return fmt.Errorf("%s with 8 stalls: %w", c.name, err)
-		}
-		res[c.name] = r
 	}
 
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
@@ -166,21 +200,23 @@ func run(short bool, only string) error {
 	mibs := func(v, base float64) string { return fmt.Sprintf("%.2f (%.0f MiB/s)", v/base, v) }
 	durs := func(v, base time.Duration) string { return fmt.Sprintf("%.2f (%s)", float64(v)/float64(base), us(v)) }
 	row("1 stream agent→node (masked)", fmt.Sprintf("raw WS %.0f MiB/s", rawUp), "-",
-		func(n string) string { return mibs(res[n].up, rawUp) })
+		func(n string) string { return mibs(out[n].up, rawUp) })
+	row("  same, vs WS + 1 handoff", fmt.Sprintf("raw WS→goroutine %.0f MiB/s", rawHand), "-",
+		func(n string) string { return mibs(out[n].up, rawHand) })
 	row("1 stream node→agent", fmt.Sprintf("raw WS %.0f MiB/s", rawDown), "-",
-		func(n string) string { return mibs(res[n].down, rawDown) })
+		func(n string) string { return mibs(out[n].down, rawDown) })
 	row("round trip p50, open stream", "raw WS "+us(rawLat.p50), "-",
-		func(n string) string { return durs(res[n].lat.p50, rawLat.p50) })
+		func(n string) string { return durs(out[n].lat.p50, rawLat.p50) })
 	row("round trip p99, open stream", "raw WS "+us(rawLat.p99), "-",
-		func(n string) string { return durs(res[n].lat.p99, rawLat.p99) })
+		func(n string) string { return durs(out[n].lat.p99, rawLat.p99) })
 	row("open+round trip+close p50", "raw WS "+us(rawLat.p50), "-",
-		func(n string) string { return durs(res[n].openLat.p50, rawLat.p50) })
+		func(n string) string { return durs(out[n].openLat.p50, rawLat.p50) })
 	row("open+round trip+close p99", "raw WS "+us(rawLat.p99), "-",
-		func(n string) string { return durs(res[n].openLat.p99, rawLat.p99) })
+		func(n string) string { return durs(out[n].openLat.p99, rawLat.p99) })
 	row("4 streams, 1 stalled", "same mux, no stall", ">= 0.90",
-		func(n string) string { return mibs(res[n].stalled, res[n].alone) })
+		func(n string) string { return mibs(out[n].stalled, out[n].alone) })
 	row("4 streams, 8 stalled", "same mux, no stall", "-",
-		func(n string) string { return mibs(res[n].stalled8, res[n].alone) })
+		func(n string) string { return mibs(out[n].stall8, out[n].alone) })
 	row(fmt.Sprintf("node memory/idle tunnel, %d", sz.idle), fmt.Sprintf("raw WS %s", kib(rawMem.perConn)), "<= 64 KiB",
 		func(n string) string {
 			return fmt.Sprintf("%.2f (%s, %.1f gor.)", mem[n].perConn/rawMem.perConn, kib(mem[n].perConn), mem[n].goroutines)
@@ -195,17 +231,9 @@ func run(short bool, only string) error {
 func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond)) }
 func kib(b float64) string      { return fmt.Sprintf("%.1f KiB", b/1024) }
 
-func median(n int, f func() (float64, error)) (float64, error) {
-	var v []float64
-	for range n {
-		x, err := f()
-		if err != nil {
-			return 0, err
-		}
-		v = append(v, x)
-	}
+func median(v []float64) float64 {
 	slices.Sort(v)
-	return v[len(v)/2], nil
+	return v[len(v)/2]
 }
 
 type percentiles struct{ p50, p99 time.Duration }

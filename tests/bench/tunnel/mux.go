@@ -128,9 +128,9 @@ func smuxConfig() *smux.Config {
 
 type smuxMux struct{ s *smux.Session }
 
-func (m smuxMux) Open(context.Context) (net.Conn, error) { return m.s.OpenStream() }
+func (m smuxMux) Open(context.Context) (net.Conn, error)   { return m.s.OpenStream() }
 func (m smuxMux) Accept(context.Context) (net.Conn, error) { return m.s.AcceptStream() }
-func (m smuxMux) Close() error { return m.s.Close() }
+func (m smuxMux) Close() error                             { return m.s.Close() }
 
 // Plain WebSocket NetConns, for the libraries and for the raw baseline. The
 // libraries write frames bigger than the 32 KiB default read limit, and

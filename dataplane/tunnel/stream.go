@@ -33,9 +33,10 @@ type Stream struct {
 	rq         [][]byte // received data; rq[0][roff:] is next
 	roff       int
 	buffered   int // bytes in rq
+	arriving   int // bytes of a DATA frame being read off the connection
 	consumed   int // bytes read so far
 	recvCredit int // bytes the peer may still send
-	window     int // recvCredit + buffered stays at most this while receiving
+	window     int // recvCredit + arriving + buffered stays at most this while receiving
 	charged    int // this stream's share of Session.committed
 	finRecv    bool
 	// Send side.
@@ -157,7 +158,7 @@ func (st *Stream) consumedLocked() {
 	if st.consumed >= InitialWindow/2 {
 		st.growLocked()
 	}
-	avail := st.window - st.recvCredit - st.buffered
+	avail := st.window - st.recvCredit - st.arriving - st.buffered
 	if avail <= 0 || avail < st.window/4 {
 		return
 	}
@@ -519,6 +520,7 @@ func (st *Stream) takeCredit(n int) error {
 		return fmt.Errorf("%w: %d bytes of DATA exceed stream %d's window (%d left)", ErrProtocol, n, st.id, st.recvCredit)
 	}
 	st.recvCredit -= n
+	st.arriving += n
 	return nil
 }
 
@@ -526,6 +528,7 @@ func (st *Stream) takeCredit(n int) error {
 func (st *Stream) deliver(buf []byte) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	st.arriving -= len(buf)
 	if st.closed || st.aborted || st.gone && st.err != nil {
 		putBuf(buf)
 		return

@@ -4,7 +4,7 @@
 // measured in the same run (the absolute value follows in parentheses).
 //
 //	go run ./tests/bench/tunnel          # full: 256 MiB transfers, 10,000 idle tunnels
-//	go run ./tests/bench/tunnel -short   # under a minute: 64 MiB, 1,000 idle tunnels
+//	go run ./tests/bench/tunnel -short   # under a minute: 64 MiB, 1,000 idle tunnels (or KAS_BENCH_SHORT=1)
 //
 // Both ends of every tunnel run in this process on the same cores, except
 // for the idle-tunnel memory test, whose agents run in a child process so
@@ -33,7 +33,7 @@ func main() {
 		}
 		return
 	}
-	short := flag.Bool("short", false, "smaller runs, well under a minute")
+	short := flag.Bool("short", os.Getenv("KAS_BENCH_SHORT") == "1", "smaller runs, well under a minute (also KAS_BENCH_SHORT=1)")
 	only := flag.String("only", "", "comma-separated candidates to run (default all: kas,yamux,smux)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()

@@ -99,7 +99,14 @@ func New(o Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a.proxy = obs.HTTPMetrics(a.reg, "agentk", proxy)
+	metered := obs.HTTPMetrics(a.reg, "agentk", proxy)
+	a.proxy = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Requests and responses stream both ways at once (the HTTP/1
+		// server would otherwise read the whole request body before the
+		// response starts).
+		http.NewResponseController(w).EnableFullDuplex()
+		metered.ServeHTTP(w, r)
+	})
 	a.obs = obs.Handler(obs.Options{Registry: a.reg, Ready: a.readyErr})
 	if r.ObservabilityListen != "" {
 		a.obsLn, err = net.Listen("tcp", r.ObservabilityListen)

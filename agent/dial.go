@@ -54,6 +54,8 @@ func newDialer(r *resolved) *dialer {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.Proxy = r.Proxy
 	tr.TLSClientConfig = r.tlsConfig
+	// A WebSocket handshake is HTTP/1.1.
+	tr.ForceAttemptHTTP2 = false
 	return &dialer{
 		url:     r.tunnelURL,
 		version: r.Version,

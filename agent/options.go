@@ -258,7 +258,7 @@ func (o Options) resolve() (*resolved, error) {
 			bad(setting("ca-file", "KAS_CA_FILE"), "%v", err)
 		}
 	}
-	r.tlsConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	r.tlsConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
 
 	// The pool.
 	if o.Tunnels < 0 || o.Tunnels > 64 {

@@ -109,7 +109,9 @@ func defs(c *config) []flagDef {
 		{"kube-token-file", "AGENTK_KUBE_TOKEN_FILE", "FILE", "bearer token for --kube-api-url (re-read as it rotates)", "", str(&o.KubeTokenFile)},
 		{"kube-ca-file", "AGENTK_KUBE_CA_FILE", "FILE", "CA certificates for --kube-api-url", "", str(&o.KubeCAFile)},
 		{"kube-insecure-skip-tls-verify", "AGENTK_KUBE_INSECURE_SKIP_TLS_VERIFY", "", "do not verify --kube-api-url's certificate", "",
-			func(fs *flag.FlagSet, n string) { fs.BoolVar(&o.KubeInsecureSkipTLSVerify, n, o.KubeInsecureSkipTLSVerify, "") }},
+			func(fs *flag.FlagSet, n string) {
+				fs.BoolVar(&o.KubeInsecureSkipTLSVerify, n, o.KubeInsecureSkipTLSVerify, "")
+			}},
 		{"observability-listen", "AGENTK_OBSERVABILITY_LISTEN", "ADDR", "address of /livez, /readyz, /metrics, /debug/pprof/", ":8080", str(&o.ObservabilityListen)},
 		{"log-level", "AGENTK_LOG_LEVEL", "LEVEL", "debug, info, warn or error", "info", str(&c.logLevel)},
 		{"log-format", "AGENTK_LOG_FORMAT", "FORMAT", "auto (text on a terminal, JSON otherwise), json or text", "auto", str(&c.logFormat)},

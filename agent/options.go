@@ -137,7 +137,10 @@ type Options struct {
 	// no listener (Handler still serves them).
 	ObservabilityListen string
 
-	// Logger receives the agent's logs; default discard.
+	// Logger receives the agent's logs; default discard. Records carry
+	// agent_id and node_id in their context and tunnel_id as an
+	// attribute: build it with obs.NewLogger (or wrap its handler in
+	// obs.ContextHandler) to see the IDs.
 	Logger *slog.Logger
 	// Registry receives the agent's metrics and is served on /metrics;
 	// default a new one with the Go and process collectors.

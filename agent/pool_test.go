@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/pem"
 	"io"
 	"net"
 	"net/http"
@@ -12,8 +13,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"encoding/pem"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"

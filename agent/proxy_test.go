@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"context"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -84,6 +85,9 @@ func TestForwardsRequestsWithTheAgentsCredentials(t *testing.T) {
 		if k == "Cookie" || k == "X-Hop" || strings.HasPrefix(k, "Impersonate-") {
 			t.Errorf("upstream got header %s: %q", k, s.header[k])
 		}
+	}
+	if ae := s.header.Get("Accept-Encoding"); ae != "" {
+		t.Errorf("upstream got Accept-Encoding %q the caller never sent", ae)
 	}
 	if s.header.Get("X-Custom") != "kept" || s.header.Get("Accept") != "application/json;as=Table" {
 		t.Errorf("end-to-end headers lost: %v", s.header)
@@ -262,5 +266,68 @@ func TestApplyImpersonationStripsCallerCredentials(t *testing.T) {
 	slices.Sort(keys)
 	if want := []string{"Accept", "Impersonation-Is-A-Prefix", "X-Impersonate-Something"}; !slices.Equal(keys, want) {
 		t.Errorf("headers left = %v, want %v", keys, want)
+	}
+}
+
+// A real API server speaks HTTP/2 over TLS. Plain requests may use it;
+// upgrades must go over HTTP/1.1.
+func TestTLSAPIServerHTTP2AndUpgrades(t *testing.T) {
+	protos := make(chan string, 2)
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		protos <- r.Proto
+		if r.Header.Get("Authorization") != "Bearer agent-sa-token" {
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		if r.Header.Get("Upgrade") == "" {
+			io.WriteString(w, "plain")
+			return
+		}
+		c, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("hijack over %s: %v", r.Proto, err)
+			return
+		}
+		defer c.Close()
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nupgraded\n")
+	}))
+	up.EnableHTTP2 = true
+	up.StartTLS()
+	t.Cleanup(up.Close)
+	node := newFakeNode(t, false)
+	o, _, _ := baseOptions(t, node, up.URL)
+	o.Tunnels = 1
+	o.KubeCAFile = writeFile(t, "api-ca.pem", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: up.Certificate().Raw})))
+	start(t, o)
+	nt := node.nextTunnel(t)
+
+	if got := get(t, nt, "/api"); got != "plain" {
+		t.Fatalf("GET = %q", got)
+	}
+	if p := <-protos; p != "HTTP/2.0" {
+		t.Errorf("plain request went over %s, want HTTP/2.0", p)
+	}
+
+	st, err := nt.sess.Open(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	io.WriteString(st, "GET /api/v1/namespaces/default/pods/p/exec HTTP/1.1\r\nHost: agent\r\n"+
+		"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"+
+		"Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n")
+	br := bufio.NewReader(st)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade answered %s", resp.Status)
+	}
+	if l, err := br.ReadString('\n'); err != nil || l != "upgraded\n" {
+		t.Errorf("after 101: %q, %v", l, err)
+	}
+	if p := <-protos; p != "HTTP/1.1" {
+		t.Errorf("upgrade went over %s, want HTTP/1.1", p)
 	}
 }

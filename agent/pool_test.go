@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -319,7 +320,17 @@ func TestReadinessMetricsAndObservabilityListener(t *testing.T) {
 	if get(t, nt, "/api") != "ok" {
 		t.Error("request failed")
 	}
-	_, metrics := fetch("/metrics")
+	// The request counter moves just after the handler returns, which may
+	// be after the caller read the response: wait for it.
+	var metrics string
+	deadline := time.Now().Add(guard)
+	for {
+		_, metrics = fetch("/metrics")
+		if strings.Contains(metrics, `kas_http_requests_total{code="200",method="get",server="agentk"} 1`) || time.Now().After(deadline) {
+			break
+		}
+		runtime.Gosched()
+	}
 	for _, want := range []string{
 		`agentk_tunnels{state="active"} 1`,
 		`agentk_tunnels{state="draining"} 0`,

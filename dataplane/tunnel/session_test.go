@@ -951,3 +951,114 @@ func TestConfigValidateReportsEveryProblem(t *testing.T) {
 		t.Error("Server accepted an invalid Config")
 	}
 }
+
+// recConn records the type of the first frame of every Write, and can hold
+// Writes until released.
+type recConn struct {
+	net.Conn
+	mu     sync.Mutex
+	firsts []frameType
+	hold   chan struct{} // if set, the next Write waits for it to close
+}
+
+func (c *recConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	hold := c.hold
+	c.hold = nil
+	c.firsts = append(c.firsts, frameType(p[0]))
+	c.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
+	return c.Conn.Write(p)
+}
+
+// Control frames go out in the very next write, ahead of any data waiting.
+func TestControlFramesDoNotWaitBehindData(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a, b := net.Pipe()
+		rec := &recConn{Conn: a}
+		node, agent := sessionPair(t, rec, b, Config{}, Config{})
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			for {
+				st, err := agent.Accept(context.Background())
+				if err != nil {
+					return
+				}
+				wg.Go(func() { io.Copy(io.Discard, st) })
+			}
+		})
+		t.Cleanup(func() { agent.Close(); wg.Wait() })
+
+		var streams []*Stream
+		for range 4 {
+			st, err := node.Open(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			streams = append(streams, st)
+		}
+		synctest.Wait() // OPENs written
+
+		hold := make(chan struct{})
+		rec.mu.Lock()
+		rec.hold = hold
+		held := len(rec.firsts)
+		rec.mu.Unlock()
+		var writers sync.WaitGroup
+		for _, st := range streams {
+			writers.Go(func() { st.Write(make([]byte, 1<<20)) })
+		}
+		synctest.Wait() // one write held, the other streams' data queued
+		node.GoAway()
+		close(hold)
+		writers.Wait()
+
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		if got := rec.firsts[held+1]; got != typeGoAway {
+			t.Errorf("write after the held one starts with %v, want GOAWAY ahead of the queued data (writes: %v)", got, rec.firsts[held:])
+		}
+	})
+}
+
+// Whatever arrives, the session either keeps going or ends with an error;
+// it never panics, and it always ends when the connection closes.
+func FuzzSessionInput(f *testing.F) {
+	frame := func(typ frameType, id, val uint32, payload ...byte) []byte {
+		return append(appendHeader(nil, header{typ: typ, id: id, val: val}), payload...)
+	}
+	f.Add(frame(typeOpen, 1, 0))
+	f.Add(append(frame(typeOpen, 1, 0), frame(typeData, 1, 3, 'a', 'b', 'c')...))
+	f.Add(append(append(frame(typeOpen, 1, 0), frame(typeFin, 1, 0)...), frame(typeReset, 1, uint32(codeClosed))...))
+	f.Add(append(frame(typePing, 0, 7), frame(typeGoAway, 0, 0)...))
+	f.Add(frame(typeWindow, 2, 100))
+	f.Add([]byte{0xff, 0, 1})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		synctest.Test(t, func(t *testing.T) {
+			a, b := net.Pipe()
+			node, err := Server(a, Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				for {
+					st, err := node.Accept(context.Background())
+					if err != nil {
+						return
+					}
+					go func() { io.Copy(io.Discard, st); st.Close() }()
+				}
+			}()
+			go io.Copy(io.Discard, b)
+			b.Write(in)
+			b.Close()
+			<-node.Done()
+			if node.Err() == nil {
+				t.Error("session ended without an error")
+			}
+			node.Close()
+		})
+	})
+}

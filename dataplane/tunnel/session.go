@@ -20,9 +20,9 @@ const closeGrace = 2 * time.Second
 // the queue without bound; past this the session is closed.
 const maxCtrlQueue = 16 << 10
 
-// smallFrame: DATA payloads up to this size are read into a scratch buffer
-// and packed into the stream's last buffer, so a stream fed tiny frames
-// does not hold one pooled buffer per frame.
+// smallFrame: DATA payloads up to this size are read into a buffer of this
+// size and, where they fit, packed into the stream's last buffer, so a
+// stream fed tiny frames does not hold one buffer per frame.
 const smallFrame = 4 << 10
 
 // Session is one tunnel: a connection carrying many streams. Create it with
@@ -30,8 +30,9 @@ const smallFrame = 4 << 10
 // may Open streams and Accept the peer's; in kas the node opens and the
 // agent accepts.
 //
-// A Session runs one reader goroutine for its whole life and a writer
-// goroutine only while it has frames to send; Close waits for both.
+// A Session runs one reader goroutine for its whole life, and a writer
+// goroutine only while frames wait to be sent (a Write with nothing queued
+// ahead of it writes its frame itself). Close waits for all of them.
 type Session struct {
 	conn   net.Conn
 	cfg    Config
@@ -59,7 +60,7 @@ type Session struct {
 	wmu        sync.Mutex
 	ctrl       []ctrlItem // control frames, written before any data
 	ready      []*Stream  // streams with data to send and credit, round robin
-	writing    bool       // a writer goroutine is running
+	writing    bool       // someone writes to conn: the writer goroutine or an inline Write
 	wclosed    bool       // the session ended: queue nothing more
 	forceClose *time.Timer
 

@@ -582,7 +582,10 @@ func (st *Stream) SetReadDeadline(t time.Time) error {
 	return nil
 }
 
-// SetWriteDeadline sets the deadline for Write; zero means none.
+// SetWriteDeadline sets the deadline for Write; zero means none. A Write
+// waiting for window or for the writer returns at the deadline; one whose
+// frame is already being written to the connection returns when that write
+// ends, which Config.WriteTimeout bounds.
 func (st *Stream) SetWriteDeadline(t time.Time) error {
 	st.wdl.set(t)
 	return nil

@@ -358,22 +358,32 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	serve("dataplane.agent.listen", n.agentHTTP, n.opts.AgentListener)
 	serve("dataplane.private_api.listen", n.privateHTTP, n.opts.PrivateAPIListener)
-	wg.Go(func() { n.registrar.Run(regCtx) })
+	regDone := make(chan struct{})
+	go func() {
+		defer close(regDone)
+		n.registrar.Run(regCtx)
+	}()
 	n.log.Info("dataplane node started", "private_url", n.privateURL, "version", n.opts.Version)
 
 	var runErr error
 	select {
 	case <-ctx.Done():
-		n.drain()
 	case runErr = <-errc:
 		n.log.Error("server failed; draining", "err", runErr)
-		n.drain()
 	case <-n.abort:
-		// As a killed process: no drain, no deregistration.
+	}
+	if !isClosed(n.abort) {
+		n.drain() // Close during the drain cuts it short
+	}
+	stopRegistrar() // already stopped by Deregister after a full drain
+	<-regDone
+	if isClosed(n.abort) {
+		// As a killed process: no drain, no deregistration, and the
+		// control plane hears nothing about the tunnels closing now.
 		n.agentHTTP.Close()
 		n.privateHTTP.Close()
 		n.agents.Close()
-		stopRegistrar()
+		runErr = nil // a server failing as its listener closes under it is part of being stopped
 	}
 	stopServers()
 	wg.Wait()
@@ -382,10 +392,20 @@ func (n *Node) Run(ctx context.Context) error {
 	return runErr
 }
 
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
 // drain moves agents away and deregisters, make before break.
 func (n *Node) drain() {
 	start := time.Now()
-	n.draining.Store(true)
+	n.agents.Refuse()
+	n.draining.Store(true) // /readyz fails from now on
 	n.log.Info("draining", "delay", n.opts.DrainDelay, "grace", n.opts.DrainGrace, "tunnels", n.agents.Tunnels())
 	ctx, cancel := context.WithTimeout(context.Background(), n.opts.DrainGrace)
 	defer cancel()
@@ -423,10 +443,8 @@ func (n *Node) drain() {
 		n.log.Warn("drain grace ended: closed the tunnels still open", "err", err)
 	}
 	n.log.Info("tunnels drained", "took", time.Since(start).Round(time.Millisecond))
-	select {
-	case <-n.abort:
+	if isClosed(n.abort) {
 		return // closed: as a killed process, leave the lease to expire
-	default:
 	}
 
 	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -155,7 +155,7 @@ type entry struct {
 // counters of sessions that are gone.
 type counters struct {
 	accepted, refusedAuth, refusedUnavailable, refusedDraining, refusedBad atomic.Uint64
-	revoked, closed                                                      atomic.Uint64
+	revoked, closed                                                        atomic.Uint64
 
 	mu    sync.Mutex
 	ended tunnel.Stats
@@ -416,6 +416,14 @@ func goneAway(s *tunnel.Session) bool {
 	default:
 		return false
 	}
+}
+
+// Refuse makes the endpoint refuse new tunnels (503 with Retry-After);
+// open ones carry on. Drain does it too.
+func (s *Server) Refuse() {
+	s.mu.Lock()
+	s.draining = true
+	s.mu.Unlock()
 }
 
 // Drain refuses new tunnels (503) and sends GOAWAY on every open one:

@@ -28,6 +28,7 @@ const AgentHeader = "Kas-Test-Agent"
 //
 //   - /echo answers with the request body;
 //   - /upgrade switches protocols (101) and then echoes bytes;
+//   - /big?n=N answers N zero bytes, as fast as the reader takes them;
 //   - anything else answers "agent <id>: <path>".
 //
 // Every answer carries AgentHeader.
@@ -39,6 +40,10 @@ func NewUpstream(t testing.TB, agentID int64) *httptest.Server {
 		switch r.URL.Path {
 		case "/echo":
 			io.Copy(w, r.Body)
+		case "/big":
+			n, _ := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+			w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+			io.CopyN(w, zeros{}, n)
 		case "/upgrade":
 			if r.Header.Get("Upgrade") != "kas-test" {
 				http.Error(w, "want Upgrade: kas-test", http.StatusBadRequest)
@@ -204,4 +209,11 @@ func ReadUpgraded(rw io.ReadWriter, msg string) (string, error) {
 	buf := make([]byte, len(msg))
 	_, err := io.ReadFull(bufio.NewReader(rw), buf)
 	return string(buf), err
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }

@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/kas-project/kas/dataplane"
 	"github.com/kas-project/kas/dataplane/tunnel"
@@ -467,4 +470,193 @@ func TestDataplaneHandshake(t *testing.T) {
 	sess.Close()
 	framework.Eventually(t, "tunnel gone", func() bool { return a.Tunnels() == 0 })
 	framework.WaitRouted(t, env, creds.ID)
+}
+
+// The control plane goes away: open tunnels keep serving, relays use the
+// routes cached before, a new agent gets a clear retryable refusal, and
+// everything recovers when the control plane returns.
+func TestDataplaneControlPlaneOutage(t *testing.T) {
+	env := framework.StartControlPlane(t)
+	link := framework.ProxyTo(t, strings.TrimPrefix(env.URL, "http://"))
+	viaLink := func(o *dataplane.Options) {
+		o.ControlPlaneURL = "http://" + link.Addr()
+		o.Resolver.PositiveTTL = 200 * time.Millisecond
+	}
+	a := framework.StartNode(t, env, "node-a", viaLink)
+	b := framework.StartNode(t, env, "node-b", viaLink)
+	x := framework.StartAgent(t, framework.CreateAgent(t, env, "agent-x"), a.AgentURL, 1)
+	framework.WaitRouted(t, env, x.Creds.ID, "node-a")
+	late := framework.CreateAgent(t, env, "agent-late") // its token is minted, never checked yet
+	ctx := framework.Context(t)
+	if _, _, err := b.Get(ctx, x.Creds.ID, "/before"); err != nil {
+		t.Fatal(err)
+	}
+
+	link.Down()
+	// Requests keep succeeding through the outage, relayed ones on a route
+	// cached before it (fresh connections force a route lookup each time).
+	stale := b.Metric(t, "route_stale_total")
+	requests := 0
+	framework.Eventually(t, "a relay served from the stale route cache", func() bool {
+		b.Transport().CloseIdleConnections()
+		for _, at := range []*framework.Node{a, b} {
+			if _, _, err := at.Get(ctx, x.Creds.ID, "/during"); err != nil {
+				t.Fatalf("during the outage, node %s → agent %d: %v", at.ID, x.Creds.ID, err)
+			}
+			requests++
+		}
+		return b.Metric(t, "route_stale_total") > stale
+	})
+	t.Logf("%d requests served during the outage", requests)
+	if a.Ready(ctx) != nil || b.Ready(ctx) != nil {
+		t.Error("nodes turned unready because the control plane is down")
+	}
+
+	// A new agent cannot be authenticated: 503 with Retry-After, saying why.
+	rec := &responseRecorder{}
+	_, err := tunnel.Dial(ctx, a.AgentURL+framework.TunnelPath, bearer(late.Token), tunnel.DialOptions{HTTPClient: &http.Client{Transport: rec}})
+	if err == nil || !strings.Contains(err.Error(), "503") || !strings.Contains(err.Error(), "control plane unavailable") ||
+		rec.resp == nil || rec.resp.Header.Get("Retry-After") == "" {
+		t.Errorf("new agent during the outage: %v; want 503 with Retry-After naming the control plane", err)
+	}
+	lateAgent := framework.StartAgentNoWait(t, late, a.AgentURL, 1)
+	framework.Eventually(t, "the late agent refused as retryable", func() bool {
+		return lateAgent.Logs.Count("the dataplane cannot take the tunnel now", "status=503") > 0
+	})
+	// Nothing cached about it: the relay lookup fails fast, as unavailable.
+	if err := b.DialError(ctx, late.ID); !errors.Is(err, dataplane.ErrUnreachable) {
+		t.Errorf("dial of an unknown agent during the outage: %v; want ErrUnreachable", err)
+	}
+
+	recovered := time.Now()
+	link.Up()
+	if err := lateAgent.WaitTunnels(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	framework.WaitRouted(t, env, late.ID, "node-a")
+	framework.Eventually(t, "the late agent reachable through node b", func() bool {
+		_, _, err := b.Get(ctx, late.ID, "/after")
+		return err == nil
+	})
+	t.Logf("the late agent is reachable through another node %v after the control plane returned", time.Since(recovered).Round(time.Millisecond))
+	framework.WaitRouted(t, env, x.Creds.ID, "node-a")
+	if _, _, err := b.Get(ctx, x.Creds.ID, "/after"); err != nil {
+		t.Error(err)
+	}
+}
+
+// Peers that misbehave cost the node nothing lasting: each is logged and
+// dropped, the other agents keep working, and goroutines and streams
+// return to where they were.
+func TestDataplaneMisbehavingPeers(t *testing.T) {
+	env := framework.StartControlPlane(t)
+	a := framework.StartNode(t, env, "node-a")
+	good := framework.StartAgent(t, framework.CreateAgent(t, env, "agent-good"), a.AgentURL, 1)
+	bad := framework.CreateAgent(t, env, "agent-bad")
+	ctx := framework.Context(t)
+	url := a.AgentURL + framework.TunnelPath
+
+	// Warm up: the bad agent's token is checked once (cached from now on),
+	// and the good agent has served a request.
+	sess, err := tunnel.Dial(ctx, url, bearer(bad.Token), tunnel.DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess.Close()
+	if _, _, err := a.Get(ctx, good.Creds.ID, "/warm"); err != nil {
+		t.Fatal(err)
+	}
+	settle := func() {
+		t.Helper()
+		a.Transport().CloseIdleConnections()
+		framework.Eventually(t, "only the good tunnel, no stream", func() bool {
+			return a.Tunnels() == 1 && a.Metric(t, "tunnel_streams_total", "event", "opened") == a.Metric(t, "tunnel_streams_total", "event", "closed")
+		})
+	}
+	settle()
+	framework.WaitRouted(t, env, bad.ID)
+	baseline := runtime.NumGoroutine()
+	goodStillServed := func() {
+		t.Helper()
+		if _, _, err := a.Get(ctx, good.Creds.ID, "/still-fine"); err != nil {
+			t.Errorf("the good agent, next to a misbehaving peer: %v", err)
+		}
+	}
+	rawDial := func(header http.Header) *websocket.Conn {
+		t.Helper()
+		c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{Subprotocols: []string{tunnel.Subprotocol}, HTTPHeader: header})
+		if err != nil {
+			t.Fatal(err)
+		}
+		framework.Eventually(t, "the raw tunnel open", func() bool { return a.AgentTunnels(bad.ID) == 1 })
+		return c
+	}
+
+	t.Run("garbage frame", func(t *testing.T) {
+		c := rawDial(bearer(bad.Token))
+		defer c.CloseNow()
+		garbage := bytes.Repeat([]byte{0xff}, 64)
+		if err := c.Write(ctx, websocket.MessageBinary, garbage); err != nil {
+			t.Fatal(err)
+		}
+		framework.Eventually(t, "the tunnel dropped", func() bool { return a.AgentTunnels(bad.ID) == 0 })
+		if a.Logs.Count("tunnel closed", "agent_id="+strconv.FormatInt(bad.ID, 10), "protocol violation") != 1 {
+			t.Error("no log line naming the protocol violation")
+		}
+		goodStillServed()
+	})
+
+	t.Run("tunnel peer that never reads or answers", func(t *testing.T) {
+		c := rawDial(bearer(bad.Token)) // never read: pings, opens and data pile up unread
+		defer c.CloseNow()
+		start := time.Now()
+		_, _, err := a.Get(ctx, bad.ID, "/nobody-home")
+		if err == nil {
+			t.Fatal("a request to an agent that never reads succeeded")
+		}
+		t.Logf("request to a silent agent failed after %v: %v", time.Since(start).Round(time.Millisecond), err)
+		goodStillServed()
+		framework.Eventually(t, "the silent tunnel dropped", func() bool { return a.AgentTunnels(bad.ID) == 0 })
+		if a.Logs.Count("tunnel closed", "agent_id="+strconv.FormatInt(bad.ID, 10), "unresponsive") != 1 {
+			t.Error("no log line naming the unresponsive peer")
+		}
+	})
+
+	t.Run("half-open peer", func(t *testing.T) {
+		link := framework.ProxyTo(t, a.AgentAddr)
+		sess, err := tunnel.Dial(ctx, "ws://"+link.Addr()+framework.TunnelPath, bearer(bad.Token), tunnel.DialOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sess.Close()
+		framework.Eventually(t, "the tunnel open", func() bool { return a.AgentTunnels(bad.ID) == 1 })
+		link.Blackhole() // the peer vanishes: no FIN, no RST, nothing
+		vanished := time.Now()
+		framework.Eventually(t, "the half-open tunnel dropped", func() bool { return a.AgentTunnels(bad.ID) == 0 })
+		t.Logf("half-open tunnel dropped %v after the peer vanished", time.Since(vanished).Round(time.Millisecond))
+		goodStillServed()
+		link.Close()
+	})
+
+	t.Run("caller that never reads its response", func(t *testing.T) {
+		req, _ := http.NewRequestWithContext(dataplane.WithAgent(ctx, good.Creds.ID), http.MethodGet, "http://kubernetes/big?n="+strconv.Itoa(256<<20), nil)
+		resp, err := a.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The response body fills the stream's window and stops; the
+		// tunnel's other streams carry on.
+		for i := range 20 {
+			if _, _, err := a.Get(ctx, good.Creds.ID, "/next-to-a-stalled-stream?i="+strconv.Itoa(i)); err != nil {
+				t.Fatalf("request next to a stalled stream: %v", err)
+			}
+		}
+		resp.Body.Close()
+	})
+
+	settle()
+	framework.Eventually(t, fmt.Sprintf("goroutines back to %d", baseline), func() bool { return runtime.NumGoroutine() <= baseline })
+	if n := a.Metric(t, "tunnel_handshakes_total", "result", "ok"); n != 5 {
+		t.Errorf("%v tunnels accepted, want 5", n)
+	}
 }

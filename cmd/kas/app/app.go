@@ -1,6 +1,6 @@
 // Package app is the kas binary's application: the command line (CLI) and
-// Server, which runs a role (the control plane for now; the dataplane and
-// the all-in-one role later) with its database, API and observability
+// Server, which runs a role (the control plane or a dataplane node; the
+// all-in-one role later) with its database, API and observability
 // listeners. main and the tests use the same Server: New, Run(ctx), Close.
 package app
 
@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kas-project/kas/controlplane"
+	"github.com/kas-project/kas/dataplane"
 	"github.com/kas-project/kas/internal/config"
 	"github.com/kas-project/kas/internal/listen"
 	"github.com/kas-project/kas/internal/obs"
@@ -25,7 +26,7 @@ import (
 
 // Options configure a Server.
 type Options struct {
-	// Role is what to run. Only config.RoleControlplane is implemented.
+	// Role is what to run: config.RoleControlplane or config.RoleDataplane.
 	Role config.Role
 	// Config is the loaded configuration; New validates it for Role (and,
 	// on the embedded database, fills in the generated key files).
@@ -40,6 +41,7 @@ type Server struct {
 	reg       *prometheus.Registry
 	db        *database // nil without a control plane
 	cp        *controlplane.Server
+	node      *dataplane.Node // nil without a dataplane
 	servers   []*server
 	readiness []func(context.Context) error
 }
@@ -62,7 +64,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	cfg := o.Config
-	if o.Role.UsesDataplane() || !o.Role.UsesControlplane() {
+	if o.Role != config.RoleControlplane && o.Role != config.RoleDataplane {
 		return nil, fmt.Errorf("role %s is not implemented yet", o.Role)
 	}
 	if err := cfg.Validate(o.Role); err != nil {
@@ -78,6 +80,11 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	// with both, the all-in-one role) will add its own here.
 	if o.Role.UsesControlplane() {
 		if err := s.newControlplane(ctx, cfg, o.Role); err != nil {
+			return nil, err
+		}
+	}
+	if o.Role.UsesDataplane() {
+		if err := s.newDataplane(cfg); err != nil {
 			return nil, err
 		}
 	}
@@ -166,10 +173,14 @@ func (s *Server) Addr(setting string) net.Addr {
 // database exits. Call Close afterwards.
 func (s *Server) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
+	serveCtx := gctx
+	if s.node != nil {
+		serveCtx = s.runDataplane(gctx, g)
+	}
 	for _, srv := range s.servers {
 		s.log.Info("listening", "listener", srv.name, "network", srv.l.Addr().Network(), "address", srv.l.Addr().String(), "tls", srv.tls)
 		g.Go(func() error {
-			err := listen.Serve(gctx, srv.http, srv.l, 0)
+			err := listen.Serve(serveCtx, srv.http, srv.l, 0)
 			if errors.Is(err, listen.ErrShutdownCut) {
 				s.log.Warn("shutdown cut requests still running", "listener", srv.name)
 				return nil
@@ -201,6 +212,9 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) Close() error {
 	for _, srv := range s.servers {
 		srv.l.Close()
+	}
+	if s.node != nil {
+		s.node.Close()
 	}
 	if s.db != nil {
 		s.db.close()

@@ -36,6 +36,8 @@ Commands:
   controlplane         serve the control-plane API (default :8153) and
                        observability (/metrics, /livez, /readyz; default :8151)
   controlplane gc      delete expired dataplane nodes and their tunnels now
+  dataplane            run a dataplane node: agent tunnels (default :8150), node-to-node
+                       relay (default :8155), observability (default :8151)
   migrate [--status]   apply pending database migrations (--status: list them)
   version              print the version
 
@@ -185,6 +187,16 @@ func (cli CLI) run(ctx context.Context, args []string) error {
 		default:
 			return usageError{fmt.Sprintf("controlplane: unknown subcommand %q", rest[0])}
 		}
+	case "dataplane":
+		fs := newFlagSet("dataplane")
+		c.register(fs)
+		if err := parse(fs, args); err != nil {
+			return err
+		}
+		if len(fs.Args()) > 0 {
+			return usageError{fmt.Sprintf("dataplane: unexpected argument %q", fs.Arg(0))}
+		}
+		return cli.serve(ctx, c, config.RoleDataplane)
 	case "migrate":
 		fs := newFlagSet("migrate")
 		c.register(fs)

@@ -1,0 +1,70 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/kas-project/kas/dataplane"
+	"github.com/kas-project/kas/dataplane/discovery"
+	"github.com/kas-project/kas/internal/config"
+	"github.com/kas-project/kas/internal/listen"
+)
+
+// newDataplane opens the dataplane's agent and private API listeners and
+// builds the node. The node is named after the host (the pod name in
+// Kubernetes). The Kubernetes API proxy listener is not served yet.
+func (s *Server) newDataplane(cfg *config.Config) error {
+	d := cfg.Dataplane
+	host, err := os.Hostname()
+	if err != nil {
+		return fmt.Errorf("dataplane node ID: %w", err)
+	}
+	agentL, err := listen.Listen(d.Agent.Listen.Spec("dataplane.agent.listen"))
+	if err != nil {
+		return err
+	}
+	privateL, err := listen.Listen(d.PrivateAPI.Listen.Spec("dataplane.private_api.listen"))
+	if err != nil {
+		agentL.Close()
+		return err
+	}
+	o := d.OwnPrivateAPI
+	s.node, err = dataplane.New(dataplane.Options{
+		NodeID:              host,
+		Version:             version(),
+		ControlPlaneURL:     d.ControlplaneURL,
+		PrivateAPISecretKey: cfg.PrivateAPISecretKey,
+		AgentListener:       agentL,
+		PrivateAPIListener:  privateL,
+		OwnPrivateAPI:       discovery.PrivateURLOptions{URL: o.URL, CIDR: o.CIDR, Port: o.Port, Scheme: o.Scheme, Host: o.Host},
+		Registry:            s.reg,
+		Logger:              s.log,
+	})
+	if err != nil {
+		agentL.Close()
+		privateL.Close()
+		return &ConfigError{err}
+	}
+	s.log.Info("dataplane node", "node_id", host, "private_url", s.node.PrivateURL(),
+		"agent_listener", agentL.Addr().String(), "private_api_listener", privateL.Addr().String())
+	s.readiness = append(s.readiness, s.node.Ready)
+	return nil
+}
+
+// runDataplane runs the node in g until ctx ends and it has drained. It
+// returns the context the other servers stop on: the end of the drain, so
+// that /readyz (503 while draining) and /metrics answer throughout.
+func (s *Server) runDataplane(ctx context.Context, g *errgroup.Group) context.Context {
+	serveCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	g.Go(func() error {
+		defer stop()
+		if err := s.node.Run(ctx); err != nil {
+			return fmt.Errorf("dataplane: %w", err)
+		}
+		return nil
+	})
+	return serveCtx
+}

@@ -23,9 +23,14 @@ need_pkgs=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql)
 command -v ruby >/dev/null 2>&1 && ruby -e 'require "grpc"' 2>/dev/null || need_pkgs+=(ruby ruby-grpc ruby-google-protobuf)
 command -v protoc >/dev/null 2>&1 && command -v grpc_ruby_plugin >/dev/null 2>&1 || need_pkgs+=(protobuf-compiler protobuf-compiler-grpc)
+command -v patch >/dev/null 2>&1 || need_pkgs+=(patch) # scripts/build-k8s-bins.sh patches kwok
 if [ ${#need_pkgs[@]} -gt 0 ]; then
 	echo "installing Debian packages: ${need_pkgs[*]}" >&2
 	SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 	$SUDO apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
+# Real Kubernetes binaries (kube-apiserver, kubectl, etcd, kwok) for the
+# tests that run a cluster (tests/k8senv): built once per machine, ~7 min
+# cold, into ~/.cache/kas/k8s outside the repository (or $KAS_K8S_BIN).
+scripts/build-k8s-bins.sh

@@ -14,12 +14,15 @@ TEST_TIMEOUT ?= 20m
 # make bench BENCH_SHORT=0 runs the full benchmarks.
 BENCH_SHORT ?= 1
 
-.PHONY: all tools generate check-generated build run test bench clean
+.PHONY: all tools tools-k8s generate check-generated build run test bench clean
 
 all: build
 
 tools:
 	@scripts/tools.sh
+
+tools-k8s:
+	@scripts/tools.sh --k8s
 
 # Go code in gen/ and Ruby stubs in tests/ruby/stubs/, both committed.
 generate: tools
@@ -43,9 +46,12 @@ run: tools build
 
 # KAS_REQUIRE_CLIENTS=1: the Ruby and grpcurl client tests fail instead of
 # skipping when a client is missing.
-test: tools
+# KAS_REQUIRE_K8S=1: the tests against a real kube-apiserver fail instead of
+# skipping when its binaries are missing (tools-k8s builds them, cached).
+test: tools-k8s
 	go vet ./...
-	KAS_REQUIRE_CLIENTS=1 go test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	@unformatted="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted" >&2; exit 1; fi
+	KAS_REQUIRE_CLIENTS=1 KAS_REQUIRE_K8S=1 go test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 # Each main package under tests/bench is a benchmark command that prints a
 # table and accepts -short (also KAS_BENCH_SHORT=1) for a quick run.

@@ -33,4 +33,7 @@ fi
 # Real Kubernetes binaries (kube-apiserver, kubectl, etcd, kwok) for the
 # tests that run a cluster (tests/k8senv): built once per machine, ~7 min
 # cold, into ~/.cache/kas/k8s outside the repository (or $KAS_K8S_BIN).
-scripts/build-k8s-bins.sh
+# Only `make test` needs them, so `make run` does not wait: pass --k8s.
+if [ "${1:-}" = --k8s ]; then
+	scripts/build-k8s-bins.sh
+fi

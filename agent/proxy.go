@@ -12,12 +12,14 @@ import (
 	"strings"
 
 	"k8s.io/client-go/rest"
+
+	"github.com/kas-project/kas/internal/impersonation"
 )
 
 // newProxy returns the handler of the node's requests: each is forwarded to
 // the Kubernetes API server as it came (method, path, query, headers, body
 // streamed both ways, protocol upgrades), with the agent's own credentials
-// in place of the caller's.
+// in place of the caller's and the impersonation the node asked for.
 func newProxy(kube *rest.Config, log *slog.Logger) (http.Handler, *url.URL, error) {
 	kube = rest.CopyConfig(kube)
 	if kube.Proxy == nil {
@@ -44,7 +46,8 @@ func newProxy(kube *rest.Config, log *slog.Logger) (http.Handler, *url.URL, erro
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
-			applyImpersonation(pr.Out)
+			id, _ := pr.In.Context().Value(identityKey{}).(impersonation.Identity)
+			applyImpersonation(pr.Out, id)
 		},
 		Transport: upgradeAware{plain: plain, upgrade: upgrade},
 		// Every chunk of a watch or a log stream goes out at once.
@@ -58,25 +61,57 @@ func newProxy(kube *rest.Config, log *slog.Logger) (http.Handler, *url.URL, erro
 			writeStatus(w, http.StatusBadGateway, "agentk could not reach the Kubernetes API server")
 		},
 	}
-	return rp, target, nil
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := callerIdentity(r.Header)
+		if err != nil {
+			log.WarnContext(r.Context(), "refused a request with an invalid impersonation header", "method", r.Method, "path", r.URL.Path, "err", err)
+			writeStatus(w, http.StatusBadRequest, "agentk: the kas node sent an invalid "+impersonation.Header+" header")
+			return
+		}
+		if !id.Empty() {
+			r = r.WithContext(context.WithValue(r.Context(), identityKey{}, id))
+		}
+		rp.ServeHTTP(w, r)
+	})
+	return h, target, nil
 }
 
 // applyImpersonation decides whom the API server sees behind a request.
 // The agent always authenticates as itself (its transport adds its own
 // credentials), so everything a caller could use to speak for someone
-// else is removed: Authorization, Cookie and every Impersonate-* header.
-// The Kubernetes API proxy's access_as support extends this function to
-// add Impersonate-* headers built from the node's trusted description of
-// the caller; the stripping stays first.
-func applyImpersonation(req *http.Request) {
+// else is removed first: Authorization, Cookie, every Impersonate-* header
+// and the node's Kas-Impersonation header. Then id, the node's trusted
+// description of the caller (see callerIdentity), becomes Impersonate-User,
+// -Group, -Uid and -Extra-<key>; an empty id (access_as agent, or no
+// header) leaves the request acting as the agent.
+func applyImpersonation(req *http.Request, id impersonation.Identity) {
 	for k := range req.Header {
 		switch {
 		case strings.EqualFold(k, "Authorization"), strings.EqualFold(k, "Cookie"),
-			len(k) >= len("Impersonate-") && strings.EqualFold(k[:len("Impersonate-")], "Impersonate-"):
+			strings.EqualFold(k, impersonation.Header), impersonation.IsImpersonateHeader(k):
 			delete(req.Header, k)
 		}
 	}
+	id.SetHeaders(req.Header)
 }
+
+// callerIdentity reads the identity the node asks the agent to act as
+// from the Kas-Impersonation header: empty without one. Only nodes open
+// streams to the agent, and a node strips the header from its callers'
+// requests, so the header is trusted. One that does not decode is an
+// error: acting as the agent instead would give the caller its rights.
+func callerIdentity(h http.Header) (impersonation.Identity, error) {
+	vs := h.Values(impersonation.Header)
+	switch len(vs) {
+	case 0:
+		return impersonation.Identity{}, nil
+	case 1:
+		return impersonation.Decode(vs[0])
+	}
+	return impersonation.Identity{}, fmt.Errorf("%d %s headers, want at most one", len(vs), impersonation.Header)
+}
+
+type identityKey struct{}
 
 // upgradeAware sends protocol upgrades through an HTTP/1.1-only transport.
 // Both return the upgraded connection as the response body, which
@@ -106,6 +141,8 @@ func isUpgrade(h http.Header) bool {
 func writeStatus(w http.ResponseWriter, code int, msg string) {
 	reason := "InternalError"
 	switch code {
+	case http.StatusBadRequest:
+		reason = "BadRequest"
 	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 		reason = "ServiceUnavailable"
 	}

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/kas-project/kas/internal/impersonation"
 )
 
 // seen is what the fake Kubernetes API server received.
@@ -254,11 +256,12 @@ func TestApplyImpersonationStripsCallerCredentials(t *testing.T) {
 		"Impersonate-User":          {"u"},
 		"Impersonate-Extra-Foo":     {"f"},
 		"impersonate-group":         {"g"}, // not canonical: still removed
+		"kas-impersonation":         {"e30"},
 		"Accept":                    {"*/*"},
 		"X-Impersonate-Something":   {"kept"},
 		"Impersonation-Is-A-Prefix": {"kept"},
 	}
-	applyImpersonation(req)
+	applyImpersonation(req, impersonation.Identity{})
 	var keys []string
 	for k := range req.Header {
 		keys = append(keys, k)
@@ -266,6 +269,103 @@ func TestApplyImpersonationStripsCallerCredentials(t *testing.T) {
 	slices.Sort(keys)
 	if want := []string{"Accept", "Impersonation-Is-A-Prefix", "X-Impersonate-Something"}; !slices.Equal(keys, want) {
 		t.Errorf("headers left = %v, want %v", keys, want)
+	}
+}
+
+// The node's Kas-Impersonation header becomes Kubernetes impersonation
+// headers next to the agent's own token; the caller's own attempts are gone.
+func TestImpersonatesWhomTheNodeSays(t *testing.T) {
+	got := make(chan http.Header, 1)
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Clone()
+		io.WriteString(w, "ok")
+	}), func(o *Options, n *fakeNode) { o.Tunnels = 1 })
+	a := h.node.next(t)
+	if a.tunnel == nil {
+		t.Fatalf("handshake answered %d", a.status)
+	}
+	id := impersonation.Identity{
+		Username: "gitlab:user:alice",
+		Groups:   []string{"gitlab:user", "gitlab:group:platform"},
+		UID:      "42",
+		Extra: map[string][]string{
+			"agent.gitlab.com/id":         {"7"},
+			"agent.gitlab.com/weird key%": {"a", "b"},
+		},
+	}
+	enc, err := impersonation.Encode(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	do := func(value ...string) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://agent/api/v1/pods", nil)
+		req.Header.Set("Authorization", "Bearer caller")
+		req.Header.Set("Impersonate-User", "system:admin")
+		req.Header.Add("Impersonate-Group", "system:masters")
+		for _, v := range value {
+			req.Header.Add(impersonation.Header, v)
+		}
+		resp, err := a.tunnel.client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, string(b)
+	}
+
+	resp, body := do(enc)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("answered %d %s", resp.StatusCode, body)
+	}
+	hdr := <-got
+	want := http.Header{
+		"Impersonate-User":  {"gitlab:user:alice"},
+		"Impersonate-Group": {"gitlab:user", "gitlab:group:platform"},
+		"Impersonate-Uid":   {"42"},
+		// Canonicalised by net/http; the API server lower-cases and
+		// unescapes the key.
+		"Impersonate-Extra-Agent.gitlab.com%2fid":             {"7"},
+		"Impersonate-Extra-Agent.gitlab.com%2fweird%20key%25": {"a", "b"},
+	}
+	for k, v := range want {
+		if !slices.Equal(hdr.Values(k), v) {
+			t.Errorf("upstream %s = %q, want %q", k, hdr.Values(k), v)
+		}
+	}
+	for k := range hdr {
+		if impersonation.IsImpersonateHeader(k) && want[k] == nil {
+			t.Errorf("upstream got unexpected %s: %q", k, hdr[k])
+		}
+	}
+	if hdr.Get("Authorization") != "Bearer agent-sa-token" || hdr.Get(impersonation.Header) != "" {
+		t.Errorf("upstream Authorization %q, %s %q", hdr.Get("Authorization"), impersonation.Header, hdr.Get(impersonation.Header))
+	}
+
+	// An identity that names nobody: the agent acts as itself.
+	empty, _ := impersonation.Encode(impersonation.Identity{})
+	if resp, body := do(empty); resp.StatusCode != http.StatusOK {
+		t.Fatalf("empty identity answered %d %s", resp.StatusCode, body)
+	}
+	hdr = <-got
+	for k := range hdr {
+		if impersonation.IsImpersonateHeader(k) {
+			t.Errorf("empty identity: upstream got %s", k)
+		}
+	}
+
+	// Garbage, or two headers, never reaches the API server.
+	for _, bad := range [][]string{{"!!not base64"}, {enc, enc}, {"e30x"}} {
+		resp, body := do(bad...)
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, `"reason":"BadRequest"`) {
+			t.Errorf("header %q answered %d %s, want a 400 Status", bad, resp.StatusCode, body)
+		}
+	}
+	select {
+	case hdr := <-got:
+		t.Errorf("a bad impersonation header reached the API server: %v", hdr)
+	default:
 	}
 }
 

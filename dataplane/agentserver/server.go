@@ -29,6 +29,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -265,7 +266,7 @@ func (s *Server) serveTunnel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	e := &entry{id: newTunnelID(), agentID: info.AgentID, version: r.Header.Get(HeaderAgentVersion), sess: sess, opened: time.Now()}
+	e := &entry{id: newTunnelID(), agentID: info.AgentID, version: agentVersion(r), sess: sess, opened: time.Now()}
 	if !s.add(e) {
 		s.stats.refusedDraining.Add(1)
 		sess.Close()
@@ -314,6 +315,18 @@ func (s *Server) serveTunnel(w http.ResponseWriter, r *http.Request) {
 	log.Info("tunnel closed", "reason", sess.Err(), "duration", time.Since(e.opened).Round(time.Millisecond),
 		"streams", st.StreamsOpened+st.StreamsAccepted, "bytes_in", st.BytesIn, "bytes_out", st.BytesOut)
 }
+
+// agentVersion returns the Kas-Agent-Version header, bounded for logs (the
+// registrar cleans it further for the control plane).
+func agentVersion(r *http.Request) string {
+	v := r.Header.Get(HeaderAgentVersion)
+	if len(v) > maxAgentVersion {
+		v = v[:maxAgentVersion]
+	}
+	return strings.ToValidUTF8(v, "")
+}
+
+const maxAgentVersion = 128
 
 func newTunnelID() string {
 	var b [12]byte

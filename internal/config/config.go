@@ -77,10 +77,16 @@ type Controlplane struct {
 type Dataplane struct {
 	// ControlplaneURL is where the node calls the control plane: http://,
 	// https:// or unix:///path/to/socket.
-	ControlplaneURL string        `yaml:"controlplane_url"`
-	Agent           Agent         `yaml:"agent"`
-	KubernetesAPI   KubernetesAPI `yaml:"kubernetes_api"`
-	PrivateAPI      PrivateAPI    `yaml:"private_api"`
+	ControlplaneURL string `yaml:"controlplane_url"`
+	// NodeID names the node in routes and logs; default the host name (the
+	// pod name in Kubernetes). Unique per node.
+	NodeID string `yaml:"node_id"`
+	// DrainGrace bounds the drain on SIGTERM: tunnels still open this long
+	// after it began are closed. Keep terminationGracePeriodSeconds above it.
+	DrainGrace    time.Duration `yaml:"drain_grace"`
+	Agent         Agent         `yaml:"agent"`
+	KubernetesAPI KubernetesAPI `yaml:"kubernetes_api"`
+	PrivateAPI    PrivateAPI    `yaml:"private_api"`
 	// OwnPrivateAPI holds the raw OWN_PRIVATE_API_* values; package
 	// dataplane/discovery derives the node's private URL from them.
 	OwnPrivateAPI OwnPrivateAPI `yaml:"own_private_api"`
@@ -143,6 +149,7 @@ func Default() *Config {
 		},
 		Dataplane: Dataplane{
 			ControlplaneURL: "http://127.0.0.1:8153",
+			DrainGrace:      30 * time.Second,
 			Agent:           Agent{Listen: tcp(DefaultAgentAddress)},
 			KubernetesAPI:   KubernetesAPI{Listen: tcp(DefaultKubernetesAPIAddress), PathPrefix: "/k8s-proxy/"},
 			PrivateAPI:      PrivateAPI{Listen: tcp(DefaultPrivateAPIAddress)},

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -100,6 +101,12 @@ func (c *Config) Validate(role Role) error {
 	if role.UsesDataplane() {
 		d := c.Dataplane
 		add(checkControlplaneURL(d.ControlplaneURL))
+		if len(d.NodeID) > 253 || strings.ContainsFunc(d.NodeID, func(r rune) bool { return r <= ' ' || r == 0x7f }) || !utf8.ValidString(d.NodeID) {
+			addf("dataplane.node_id: %q must be at most 253 printable characters without spaces", d.NodeID)
+		}
+		if d.DrainGrace < 5*time.Second {
+			addf("dataplane.drain_grace: %v is too short, must be at least 5s (agents need time to move)", d.DrainGrace)
+		}
 		add(d.Agent.Listen.Spec("dataplane.agent.listen").Validate())
 		add(d.KubernetesAPI.Listen.Spec("dataplane.kubernetes_api.listen").Validate())
 		add(d.PrivateAPI.Listen.Spec("dataplane.private_api.listen").Validate())

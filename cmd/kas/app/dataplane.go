@@ -18,9 +18,13 @@ import (
 // Kubernetes). The Kubernetes API proxy listener is not served yet.
 func (s *Server) newDataplane(cfg *config.Config) error {
 	d := cfg.Dataplane
-	host, err := os.Hostname()
-	if err != nil {
-		return fmt.Errorf("dataplane node ID: %w", err)
+	host := d.NodeID
+	if host == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("dataplane.node_id is not set and the host name is unknown: %w", err)
+		}
+		host = h
 	}
 	agentL, err := listen.Listen(d.Agent.Listen.Spec("dataplane.agent.listen"))
 	if err != nil {
@@ -40,6 +44,7 @@ func (s *Server) newDataplane(cfg *config.Config) error {
 		AgentListener:       agentL,
 		PrivateAPIListener:  privateL,
 		OwnPrivateAPI:       discovery.PrivateURLOptions{URL: o.URL, CIDR: o.CIDR, Port: o.Port, Scheme: o.Scheme, Host: o.Host},
+		DrainGrace:          d.DrainGrace,
 		Registry:            s.reg,
 		Logger:              s.log,
 	})

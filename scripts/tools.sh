@@ -16,6 +16,9 @@ install buf github.com/bufbuild/buf/cmd/buf@v1.75.0
 install protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 install protoc-gen-connect-go connectrpc.com/connect/cmd/protoc-gen-connect-go@v1.21.1
 install grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
+# Helm and kubeconform render and validate deploy/ (tests/deploy_test.go).
+install helm helm.sh/helm/v3/cmd/helm@v3.22.0
+install kubeconform github.com/yannh/kubeconform/cmd/kubeconform@v0.8.0
 # Debian packages: PostgreSQL binaries (the embedded database and the tests),
 # Ruby with the grpc gem (the Rails-like client tests), and protoc with
 # grpc_ruby_plugin (`make generate` writes the Ruby stubs with them).
@@ -36,4 +39,5 @@ fi
 # Only `make test` needs them, so `make run` does not wait: pass --k8s.
 if [ "${1:-}" = --k8s ]; then
 	scripts/build-k8s-bins.sh
+	scripts/schemas.sh # JSON schemas for kubeconform, from the same Kubernetes version
 fi

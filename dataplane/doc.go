@@ -1,8 +1,9 @@
 // Package dataplane runs a dataplane node: it accepts agentk's tunnels
 // (package agentserver, port 8150), registers itself and its tunnels with
 // the control plane (package discovery), relays node to node over the
-// private API (package relay, port 8155), and lets the Kubernetes API proxy
-// reach any agent through DialAgent and Transport.
+// private API (package relay, port 8155), and serves the Kubernetes API
+// proxy (package proxy, port 8154, when Options.KubernetesAPIListener is
+// set), which reaches any agent through DialAgent and Transport.
 //
 // Streams carry HTTP/1.1: the node is the HTTP client, the agent the HTTP
 // server. A request for an agent goes over a tunnel of this node when it

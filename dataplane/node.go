@@ -18,6 +18,7 @@ import (
 
 	"github.com/kas-project/kas/dataplane/agentserver"
 	"github.com/kas-project/kas/dataplane/discovery"
+	"github.com/kas-project/kas/dataplane/proxy"
 	"github.com/kas-project/kas/dataplane/relay"
 	"github.com/kas-project/kas/dataplane/tunnel"
 	"github.com/kas-project/kas/gen/kas/dataplane/v1/dataplanev1connect"
@@ -43,6 +44,14 @@ type Options struct {
 	// example with listen.Listen. The node closes them.
 	AgentListener      net.Listener
 	PrivateAPIListener net.Listener
+	// KubernetesAPIListener (dataplane.kubernetes_api.listen, 8154), when
+	// set, serves the Kubernetes API proxy (package proxy). The node
+	// closes it.
+	KubernetesAPIListener net.Listener
+	// KubernetesAPI tunes the proxy (path prefix, decision cache, clock);
+	// its AuthService client, transport, IDs, registry and logger are set
+	// by the node.
+	KubernetesAPI proxy.Options
 	// OwnPrivateAPI holds the raw OWN_PRIVATE_API_* values. Its listener
 	// fields are filled in from PrivateAPIListener.
 	OwnPrivateAPI discovery.PrivateURLOptions
@@ -114,6 +123,9 @@ func (o *Options) Validate() error {
 		if _, err := discovery.PrivateURL(o.OwnPrivateAPI); err != nil {
 			add(err)
 		}
+	}
+	if o.KubernetesAPIListener != nil {
+		add(o.KubernetesAPI.Validate())
 	}
 	if err := o.Tunnel.Validate(); err != nil {
 		add(fmt.Errorf("dataplane tunnel: %w", err))
@@ -207,9 +219,11 @@ type Node struct {
 	relaySrv  *relay.Server
 	dialer    *relay.Dialer
 	transport *http.Transport
+	kubeProxy *proxy.Proxy // nil without KubernetesAPIListener
 
 	agentHTTP   *http.Server
 	privateHTTP *http.Server
+	proxyHTTP   *http.Server // nil without KubernetesAPIListener
 
 	draining atomic.Bool
 	running  atomic.Bool
@@ -276,6 +290,12 @@ func New(opts Options) (_ *Node, err error) {
 		return nil, err
 	}
 	n.transport = n.newTransport()
+	if opts.KubernetesAPIListener != nil {
+		if n.kubeProxy, err = n.newKubeProxy(); err != nil {
+			return nil, err
+		}
+		n.proxyHTTP = listen.NewServer(n.kubeProxy, n.log)
+	}
 
 	n.agentHTTP = listen.NewServer(n.agents, n.log)
 	mux := http.NewServeMux()
@@ -342,7 +362,7 @@ func (n *Node) Run(ctx context.Context) error {
 	regCtx, stopRegistrar := context.WithCancel(context.Background())
 	defer stopRegistrar()
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	serve := func(setting string, srv *http.Server, l net.Listener) {
 		n.log.Info("listening", "listener", setting, "network", l.Addr().Network(), "address", l.Addr().String())
 		wg.Go(func() {
@@ -358,6 +378,9 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	serve("dataplane.agent.listen", n.agentHTTP, n.opts.AgentListener)
 	serve("dataplane.private_api.listen", n.privateHTTP, n.opts.PrivateAPIListener)
+	if n.proxyHTTP != nil {
+		serve("dataplane.kubernetes_api.listen", n.proxyHTTP, n.opts.KubernetesAPIListener)
+	}
 	regDone := make(chan struct{})
 	go func() {
 		defer close(regDone)
@@ -382,11 +405,19 @@ func (n *Node) Run(ctx context.Context) error {
 		// control plane hears nothing about the tunnels closing now.
 		n.agentHTTP.Close()
 		n.privateHTTP.Close()
+		if n.proxyHTTP != nil {
+			n.proxyHTTP.Close()
+		}
 		n.agents.Close()
 		runErr = nil // a server failing as its listener closes under it is part of being stopped
 	}
 	stopServers()
 	wg.Wait()
+	if n.kubeProxy != nil {
+		// http.Server.Shutdown does not wait for upgraded connections
+		// (exec, port-forward): cut and wait for what is left.
+		n.kubeProxy.Close()
+	}
 	n.relaySrv.Wait()
 	n.log.Info("dataplane node stopped")
 	return runErr
@@ -442,6 +473,13 @@ func (n *Node) drain() {
 	if err := n.agents.Shutdown(ctx); err != nil {
 		n.log.Warn("drain grace ended: closed the tunnels still open", "err", err)
 	}
+	if n.kubeProxy != nil {
+		// Proxy requests in flight (watches, exec sessions, also those
+		// relayed to other nodes) get the rest of the grace.
+		if err := n.kubeProxy.Wait(ctx); err != nil {
+			n.log.Warn("drain grace ended with Kubernetes API proxy requests still running; they are cut", "err", err)
+		}
+	}
 	n.log.Info("tunnels drained", "took", time.Since(start).Round(time.Millisecond))
 	if isClosed(n.abort) {
 		return // closed: as a killed process, leave the lease to expire
@@ -475,6 +513,12 @@ func (n *Node) release() {
 		}
 		if n.opts.PrivateAPIListener != nil {
 			n.opts.PrivateAPIListener.Close()
+		}
+		if n.opts.KubernetesAPIListener != nil {
+			n.opts.KubernetesAPIListener.Close()
+		}
+		if n.kubeProxy != nil {
+			n.kubeProxy.Close()
 		}
 		if n.agents != nil {
 			n.agents.Close()

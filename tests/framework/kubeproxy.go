@@ -1,0 +1,43 @@
+package framework
+
+import (
+	"net"
+	"testing"
+
+	"github.com/kas-project/kas/dataplane"
+	"github.com/kas-project/kas/dataplane/proxy"
+	"github.com/kas-project/kas/internal/cptest"
+)
+
+// ProxyNode is a dataplane node that serves the Kubernetes API proxy.
+type ProxyNode struct {
+	*Node
+	// ProxyAddr is the proxy listener's host:port; ProxyURL the URL
+	// kubectl uses (http://host:port/k8s-proxy/).
+	ProxyAddr string
+	ProxyURL  string
+}
+
+// StartProxyNode starts a node (as StartNode) that also serves the
+// Kubernetes API proxy on a port-0 listener (under proxy.DefaultPathPrefix
+// unless modify sets another).
+func StartProxyNode(t testing.TB, env *cptest.Env, id string, modify ...func(*dataplane.Options)) *ProxyNode {
+	t.Helper()
+	var (
+		l      net.Listener
+		prefix string
+	)
+	withProxy := func(o *dataplane.Options) {
+		l = Listen(t)
+		o.KubernetesAPIListener = l
+	}
+	prefixOf := func(o *dataplane.Options) {
+		if prefix = o.KubernetesAPI.PathPrefix; prefix == "" {
+			prefix = proxy.DefaultPathPrefix
+		}
+	}
+	all := append(append([]func(*dataplane.Options){withProxy}, modify...), prefixOf)
+	n := StartNode(t, env, id, all...)
+	addr := l.Addr().String()
+	return &ProxyNode{Node: n, ProxyAddr: addr, ProxyURL: "http://" + addr + prefix}
+}

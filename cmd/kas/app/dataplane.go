@@ -9,13 +9,14 @@ import (
 
 	"github.com/kas-project/kas/dataplane"
 	"github.com/kas-project/kas/dataplane/discovery"
+	"github.com/kas-project/kas/dataplane/proxy"
 	"github.com/kas-project/kas/internal/config"
 	"github.com/kas-project/kas/internal/listen"
 )
 
-// newDataplane opens the dataplane's agent and private API listeners and
-// builds the node. The node is named after the host (the pod name in
-// Kubernetes). The Kubernetes API proxy listener is not served yet.
+// newDataplane opens the dataplane's agent, private API and Kubernetes API
+// proxy listeners and builds the node. The node is named after the host
+// (the pod name in Kubernetes).
 func (s *Server) newDataplane(cfg *config.Config) error {
 	d := cfg.Dataplane
 	host := d.NodeID
@@ -35,6 +36,12 @@ func (s *Server) newDataplane(cfg *config.Config) error {
 		agentL.Close()
 		return err
 	}
+	proxyL, err := listen.Listen(d.KubernetesAPI.Listen.Spec("dataplane.kubernetes_api.listen"))
+	if err != nil {
+		agentL.Close()
+		privateL.Close()
+		return err
+	}
 	o := d.OwnPrivateAPI
 	s.node, err = dataplane.New(dataplane.Options{
 		NodeID:              host,
@@ -43,18 +50,23 @@ func (s *Server) newDataplane(cfg *config.Config) error {
 		PrivateAPISecretKey: cfg.PrivateAPISecretKey,
 		AgentListener:       agentL,
 		PrivateAPIListener:  privateL,
-		OwnPrivateAPI:       discovery.PrivateURLOptions{URL: o.URL, CIDR: o.CIDR, Port: o.Port, Scheme: o.Scheme, Host: o.Host},
-		DrainGrace:          d.DrainGrace,
-		Registry:            s.reg,
-		Logger:              s.log,
+		// The node closes the listeners, also when New fails.
+		KubernetesAPIListener: proxyL,
+		KubernetesAPI:         proxy.Options{PathPrefix: d.KubernetesAPI.PathPrefix},
+		OwnPrivateAPI:         discovery.PrivateURLOptions{URL: o.URL, CIDR: o.CIDR, Port: o.Port, Scheme: o.Scheme, Host: o.Host},
+		DrainGrace:            d.DrainGrace,
+		Registry:              s.reg,
+		Logger:                s.log,
 	})
 	if err != nil {
 		agentL.Close()
 		privateL.Close()
+		proxyL.Close()
 		return &ConfigError{err}
 	}
 	s.log.Info("dataplane node", "node_id", host, "private_url", s.node.PrivateURL(),
-		"agent_listener", agentL.Addr().String(), "private_api_listener", privateL.Addr().String())
+		"agent_listener", agentL.Addr().String(), "private_api_listener", privateL.Addr().String(),
+		"kubernetes_api_listener", proxyL.Addr().String(), "kubernetes_api_path_prefix", d.KubernetesAPI.PathPrefix)
 	s.readiness = append(s.readiness, s.node.Ready)
 	return nil
 }

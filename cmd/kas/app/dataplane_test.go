@@ -42,6 +42,7 @@ func TestDataplaneRole(t *testing.T) {
 	cfg.Dataplane.ControlplaneURL = cp.URL
 	cfg.Dataplane.Agent.Listen.Address = "127.0.0.1:0"
 	cfg.Dataplane.PrivateAPI.Listen.Address = "127.0.0.1:0"
+	cfg.Dataplane.KubernetesAPI.Listen.Address = "127.0.0.1:0"
 	cfg.Observability.Listen.Address = "127.0.0.1:0"
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -1,0 +1,108 @@
+package app
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+
+	"connectrpc.com/connect"
+
+	"github.com/kas-project/kas/gen/kas/management/v1/managementv1connect"
+	"github.com/kas-project/kas/internal/authn"
+)
+
+// clients are the management API's clients, every call signed with a JWT
+// (issuer gitlab, audience kas-management) made from api_secret_key, as
+// Rails signs its own.
+type clients struct {
+	agents      managementv1connect.AgentServiceClient
+	credentials managementv1connect.CredentialServiceClient
+	routing     managementv1connect.RoutingServiceClient
+}
+
+// connect builds the clients from the global flags. It makes no call.
+func (g *globals) connect() (*clients, error) {
+	if g.apiKeyFile == "" {
+		return nil, fmt.Errorf("--api-secret-key-file (or $%s) is required to call the control plane", EnvAPIKeyFile)
+	}
+	key, err := loadKey(g.apiKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--api-secret-key-file: %w", err)
+	}
+	hc, base, err := httpClient(g.server)
+	if err != nil {
+		return nil, fmt.Errorf("--server: %w", err)
+	}
+	signed := connect.WithInterceptors(authn.ClientInterceptor(
+		authn.NewSigner(key, authn.IssuerRails, authn.AudienceManagement, jwtSubject)))
+	return &clients{
+		agents:      managementv1connect.NewAgentServiceClient(hc, base, signed),
+		credentials: managementv1connect.NewCredentialServiceClient(hc, base, signed),
+		routing:     managementv1connect.NewRoutingServiceClient(hc, base, signed),
+	}, nil
+}
+
+// loadKey reads base64 text whose decoded value is exactly 32 bytes. The
+// key never appears in an error.
+func loadKey(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil {
+		return nil, fmt.Errorf("%s does not hold base64 text", path)
+	}
+	if len(key) != authn.KeySize {
+		return nil, fmt.Errorf("%s: decoded value is %d bytes, must be exactly %d", path, len(key), authn.KeySize)
+	}
+	return key, nil
+}
+
+// httpClient returns the client and base URL for the control plane at raw
+// (http://, https:// or unix:///path).
+func httpClient(raw string) (*http.Client, string, error) {
+	u, err := url.Parse(raw)
+	if err != nil || raw == "" {
+		return nil, "", fmt.Errorf("%q is not a URL", raw)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	switch u.Scheme {
+	case "http", "https":
+		if u.Host == "" {
+			return nil, "", fmt.Errorf("%q has no host", raw)
+		}
+		return &http.Client{Transport: tr}, strings.TrimSuffix(raw, "/"), nil
+	case "unix":
+		if u.Host != "" || u.Path == "" {
+			return nil, "", fmt.Errorf("%q must have the form unix:///absolute/path", raw)
+		}
+		path := u.Path
+		var d net.Dialer
+		tr.Proxy = nil
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, "unix", path)
+		}
+		return &http.Client{Transport: tr}, "http://controlplane.invalid", nil
+	}
+	return nil, "", fmt.Errorf("%q must use http://, https:// or unix://", raw)
+}
+
+// callError words a failed call for the operator, naming the server for
+// connection problems.
+func (g *globals) callError(what string, err error) error {
+	if connect.CodeOf(err) == connect.CodeUnavailable {
+		return fmt.Errorf("%s: cannot reach the control plane at %s (--server): %w", what, g.server, err)
+	}
+	var ce *connect.Error
+	if errors.As(err, &ce) && ce.Code() == connect.CodeUnauthenticated {
+		return fmt.Errorf("%s: the control plane refused the JWT: is --api-secret-key-file its api_secret_key? (%w)", what, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}

@@ -1,0 +1,118 @@
+package tests
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	mgmtv1 "github.com/kas-project/kas/gen/kas/management/v1"
+	"github.com/kas-project/kas/tests/framework"
+)
+
+// docRubyBlock returns the ```ruby block of a document of docs/.
+func docRubyBlock(t *testing.T, name string) string {
+	t.Helper()
+	doc, err := os.ReadFile(filepath.Join("..", "docs", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "```ruby\n")
+	snippet, _, ok2 := strings.Cut(rest, "```\n")
+	if !ok || !ok2 {
+		t.Fatalf("docs/%s has no ```ruby block", name)
+	}
+	return snippet
+}
+
+// A browser's session, as Rails makes it: the session is created through
+// the management API, sealed into _gitlab_kas by the Ruby of docs/cookie.md
+// run as it is, and the proxy lets the cookie in, with the CSRF token on
+// unsafe methods, as the user the agent's user_access names.
+func TestCookieFromTheDocumentedRubySnippet(t *testing.T) {
+	ruby := requireTool(t, "ruby", `require "openssl"; OpenSSL::KDF.respond_to?(:hkdf) or abort "no OpenSSL::KDF.hkdf"`)
+	snippet := docRubyBlock(t, "cookie.md")
+	env := framework.StartControlPlane(t)
+	node := framework.StartProxyNode(t, env, "node-a")
+	creds := framework.CreateAgent(t, env, "web")
+	ctx := context.Background()
+	if _, err := env.Agents.PutAgentConfig(ctx, &mgmtv1.PutAgentConfigRequest{AgentId: creds.ID,
+		Yaml: "user_access:\n  access_as: {user: {}}\n  groups: [{id: grp/devs}]\n"}); err != nil {
+		t.Fatal(err)
+	}
+	framework.StartAgent(t, creds, node.AgentURL, 1)
+	framework.WaitRouted(t, env, creds.ID, node.ID)
+
+	sess, err := env.Credentials.CreateSession(ctx, &mgmtv1.CreateSessionRequest{
+		User:       &mgmtv1.UserIdentity{Id: 5, Username: "dora", Groups: []string{"grp/devs"}},
+		ExpiresAt:  timestamppb.New(time.Now().Add(time.Hour)),
+		GroupPaths: []string{"grp/devs"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "api_secret_key")
+	if err := os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(env.APIKey)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	seal := func(key string) string {
+		t.Helper()
+		cmd := exec.Command(ruby, "-")
+		cmd.Stdin = strings.NewReader(snippet)
+		cmd.Env = append(os.Environ(), "KAS_API_SECRET_KEY_FILE="+key, "KAS_SESSION_ID="+sess.GetSessionId())
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("docs/cookie.md snippet: %v\n%s", err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	cookie := seal(keyFile)
+	if strings.Contains(cookie, sess.GetSessionId()) || strings.ContainsAny(cookie, "=+/") {
+		t.Fatalf("cookie %q is not a sealed base64url value", cookie)
+	}
+
+	agentID := strconv.FormatInt(creds.ID, 10)
+	send := func(method, c string, h ...string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(framework.Context(t), method, node.ProxyURL+"api/v1/namespaces/default/configmaps", nil)
+		req.AddCookie(&http.Cookie{Name: "_gitlab_kas", Value: c})
+		req.Header.Set("Gitlab-Agent-Id", agentID)
+		for i := 0; i+1 < len(h); i += 2 {
+			req.Header.Set(h[i], h[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	want := fmt.Sprintf("agent %d: /api/v1/namespaces/default/configmaps", creds.ID)
+	if code, body := send("GET", cookie); code != 200 || body != want {
+		t.Errorf("GET with the Ruby cookie: %d %s", code, body)
+	}
+	if code, body := send("POST", cookie); code != 403 || !strings.Contains(body, "X-Csrf-Token") {
+		t.Errorf("POST without X-Csrf-Token: %d %s", code, body)
+	}
+	if code, body := send("POST", cookie, "X-Csrf-Token", sess.GetCsrfToken()); code != 200 || body != want {
+		t.Errorf("POST with X-Csrf-Token: %d %s", code, body)
+	}
+
+	// Sealed with another key, the cookie does not open.
+	otherKey := filepath.Join(t.TempDir(), "other")
+	os.WriteFile(otherKey, []byte(base64.StdEncoding.EncodeToString(make([]byte, 32))), 0o600)
+	if code, body := send("GET", seal(otherKey)); code != 401 || !strings.Contains(body, "invalid session cookie") {
+		t.Errorf("cookie sealed with another key: %d %s", code, body)
+	}
+}

@@ -70,7 +70,9 @@ func (c *Cluster) ensureAgent(ctx context.Context) error {
 		ObjectMeta: metav1.ObjectMeta{Name: agentClusterRole},
 		Rules: []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"users", "groups", "serviceaccounts"}, Verbs: impersonate},
-			{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"uids", "userextras/*"}, Verbs: impersonate},
+			// uids and userextras/<key>: RBAC has no "resource/*" wildcard
+			// (only "*/subresource"), so "*" is what covers every extra key.
+			{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"*"}, Verbs: impersonate},
 		},
 	}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {

@@ -1,0 +1,188 @@
+// Command dataplane benchmarks the dataplane as agents and the Kubernetes
+// API proxy use it: requests through a node's tunnel to a real agent
+// (package agent), requests relayed by a node that holds no tunnel, the
+// node's memory per idle tunnel with thousands of agents, and how long
+// thousands of agents take to reconnect and be routed again after their
+// node is killed. It prints one table; every figure is a ratio to a
+// baseline measured in the same run, the absolute value in parentheses.
+//
+//	go run ./tests/bench/dataplane          # 10,000 agents
+//	go run ./tests/bench/dataplane -short   # 1,000 agents, well under a minute (CI; also KAS_BENCH_SHORT=1)
+//
+// It starts its own Postgres (internal/pglocal, fsync off) and a control
+// plane with production defaults in this process. The latency rows run two
+// nodes, one agent and its upstream in this process too. For the fleet
+// rows the binary re-executes itself: each node runs in a child process of
+// its own (so that its memory is measured alone, and so that it can be
+// killed with SIGKILL), and the agents run in further children, 2,500 per
+// process, each behind a TCP load balancer of its own that sends a new
+// connection to the first node that accepts it, as a Service would once
+// the dead node's endpoint is gone.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"slices"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+// Goals from the issue.
+const (
+	goalMemPerTunnel = 64 << 10
+	goalReconnect    = 60 * time.Second
+)
+
+type config struct {
+	short      bool
+	agents     int           // fleet size
+	perChild   int           // agents per child process
+	samples    int           // requests per latency variant
+	rounds     int           // interleaved rounds the samples are split into
+	storm      time.Duration // bound on each fleet wait
+	profileDir string
+}
+
+func main() {
+	if role := os.Getenv(roleEnv); role != "" {
+		if err := runChild(role); err != nil {
+			fmt.Fprintf(os.Stderr, "dataplane bench %s: %v\n", role, err)
+			os.Exit(1)
+		}
+		return
+	}
+	var c config
+	flag.BoolVar(&c.short, "short", os.Getenv("KAS_BENCH_SHORT") == "1", "1,000 agents and fewer samples, well under a minute (also KAS_BENCH_SHORT=1)")
+	flag.IntVar(&c.agents, "agents", 0, "agents in the fleet rows (default 10,000; 1,000 with -short)")
+	flag.IntVar(&c.samples, "samples", 0, "requests per latency variant (default 10,000; 2,000 with -short)")
+	flag.StringVar(&c.profileDir, "profile", "", "write node A's heap and goroutine profiles, with every agent connected, into this directory")
+	flag.Parse()
+	if c.agents == 0 {
+		c.agents = 10000
+		if c.short {
+			c.agents = 1000
+		}
+	}
+	if c.samples == 0 {
+		c.samples = 10000
+		if c.short {
+			c.samples = 2000
+		}
+	}
+	c.perChild = 2500
+	c.rounds = 5
+	c.storm = 5 * time.Minute
+	if c.short {
+		c.storm = 40 * time.Second
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	start := time.Now()
+	ok, err := run(ctx, c, os.Stdout)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "dataplane bench:", err)
+		os.Exit(2)
+	}
+	fmt.Fprintf(os.Stderr, "took %v\n", time.Since(start).Round(time.Second))
+	if !ok {
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, c config, out io.Writer) (goalsMet bool, err error) {
+	cp, err := startControlPlane(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer cp.close()
+
+	// Latency first, on a quiet machine.
+	lat, err := measureLatency(ctx, cp, c)
+	if err != nil {
+		return false, fmt.Errorf("latency: %w", err)
+	}
+	fl, err := measureFleet(ctx, cp, c)
+	if err != nil {
+		return false, fmt.Errorf("fleet: %w", err)
+	}
+	return report(out, c, lat, fl), nil
+}
+
+// report prints the table and says whether every goal was met.
+func report(out io.Writer, c config, lat latencyResult, fl fleetResult) bool {
+	met := true
+	verdict := func(ok bool) string {
+		if ok {
+			return "ok"
+		}
+		met = false
+		return "MISSED"
+	}
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "dataplane benchmark: %d cores (GOMAXPROCS %d), %d agents, %d requests per variant, short=%v; ratio to the baseline (absolute)\n",
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), c.agents, c.samples, c.short)
+	fmt.Fprintln(w, "metric\tbaseline\tkas\tgoal")
+	dur := func(v, base time.Duration) string {
+		return fmt.Sprintf("%.2f (%s, %+.0f µs)", float64(v)/float64(base), us(v), float64(v-base)/1e3)
+	}
+	latRow := func(name, baseName string, v, base percentiles) {
+		fmt.Fprintf(w, "%s p50\t%s %s\t%s\t-\n", name, baseName, us(base.p50), dur(v.p50, base.p50))
+		fmt.Fprintf(w, "%s p99\t%s %s\t%s\t-\n", name, baseName, us(base.p99), dur(v.p99, base.p99))
+	}
+	latRow("GET via node's tunnel, kept-alive", "direct", lat.viaTunnel, lat.direct)
+	latRow("GET via relaying node, kept-alive", "tunnel node", lat.viaRelay, lat.viaTunnel)
+	latRow("GET via node's tunnel, new conn.", "direct new TCP", lat.viaTunnelNew, lat.directNew)
+	latRow("GET via relaying node, new conn.", "tunnel node", lat.viaRelayNew, lat.viaTunnelNew)
+
+	per := fl.kasMem.perTunnel()
+	base := fl.rawMem.perTunnel()
+	fmt.Fprintf(w, "node memory/idle tunnel (heap+stack), %d\traw WS %s\t%.2f (%s)\t≤ 64 KiB %s\n", c.agents,
+		kib(base.heapStack), per.heapStack/base.heapStack, kib(per.heapStack), verdict(per.heapStack <= goalMemPerTunnel))
+	fmt.Fprintf(w, "node memory/idle tunnel (RSS), %d\traw WS %s\t%.2f (%s)\t-\n", c.agents,
+		kib(base.rss), per.rss/base.rss, kib(per.rss))
+	fmt.Fprintf(w, "node goroutines/idle tunnel\traw WS %.2f\t%.2f\t-\n", base.goroutines, per.goroutines)
+	fmt.Fprintf(w, "%d agents connect: all routed\t(baseline)\t%s\t-\n", c.agents, secs(fl.initial.all))
+	fmt.Fprintf(w, "  per agent p50 / p99\t(baseline)\t%s / %s\t-\n", secs(fl.initial.p50), secs(fl.initial.p99))
+	ratio := func(v, b time.Duration) string { return fmt.Sprintf("%.2f (%s)", float64(v)/float64(b), secs(v)) }
+	fmt.Fprintf(w, "node killed: all %d routed to a live node\tinitial %s\t%s\t≤ 60 s %s\n", c.agents,
+		secs(fl.initial.all), ratio(fl.reconnect.all, fl.initial.all), verdict(fl.reconnect.complete && fl.reconnect.all <= goalReconnect))
+	fmt.Fprintf(w, "  per agent p50\tinitial %s\t%s\t-\n", secs(fl.initial.p50), ratio(fl.reconnect.p50, fl.initial.p50))
+	fmt.Fprintf(w, "  per agent p99\tinitial %s\t%s\t-\n", secs(fl.initial.p99), ratio(fl.reconnect.p99, fl.initial.p99))
+	fmt.Fprintf(w, "  dead node out of every route (lease)\t-\t%s\t-\n", secs(fl.deadGone))
+	fmt.Fprintf(w, "  control-plane errors\t-\t%d\t0 %s\n", fl.cpErrors, verdict(fl.cpErrors == 0))
+	fmt.Fprintf(w, "  handshakes refused (503) / failed (no node)\tinitial %d / %d (%d)\t%d / %d (%d)\t-\n",
+		fl.initial.refused, fl.initial.failed, fl.initial.noBackend, fl.reconnect.refused, fl.reconnect.failed, fl.reconnect.noBackend)
+	w.Flush()
+	for _, n := range fl.notes {
+		fmt.Fprintln(out, "note:", n)
+	}
+	return met
+}
+
+func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond)) }
+func kib(b float64) string      { return fmt.Sprintf("%.1f KiB", b/1024) }
+func secs(d time.Duration) string {
+	if d < 10*time.Second {
+		return fmt.Sprintf("%.2f s", d.Seconds())
+	}
+	return fmt.Sprintf("%.1f s", d.Seconds())
+}
+
+type percentiles struct{ p50, p99 time.Duration }
+
+func percentilesOf(d []time.Duration) percentiles {
+	if len(d) == 0 {
+		return percentiles{}
+	}
+	d = slices.Clone(d)
+	slices.Sort(d)
+	return percentiles{p50: d[len(d)/2], p99: d[min(len(d)-1, len(d)*99/100)]}
+}

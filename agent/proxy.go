@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/client-go/rest"
 
 	"github.com/kas-project/kas/internal/impersonation"
@@ -152,6 +153,10 @@ func writeStatus(w http.ResponseWriter, code int, msg string) {
 	})
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	// kubectl shows a Warning even where it cannot show a Status (discovery).
+	if wh, err := utilnet.NewWarningHeader(299, "agentk", msg); err == nil {
+		w.Header().Add("Warning", wh)
+	}
 	w.WriteHeader(code)
 	w.Write(append(b, '\n'))
 }

@@ -261,6 +261,9 @@ func wantStatus(t testing.TB, resp *http.Response, body string, code int, reason
 	if !strings.Contains(st.Message, msg) {
 		t.Errorf("Status message %q lacks %q", st.Message, msg)
 	}
+	if wh := resp.Header.Get("Warning"); !strings.HasPrefix(wh, "299 ") || !strings.Contains(wh, msg) {
+		t.Errorf("Warning header %q does not repeat the message", wh)
+	}
 }
 
 // rawUpgrade opens a connection to addr, sends an upgrade request for

@@ -245,7 +245,11 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	cred, err := parseCredential(r)
 	if err != nil {
-		p.refuse(ctx, w, r, http.StatusUnauthorized, "kas: unauthorized: "+err.Error(), nil)
+		msg := "kas: unauthorized: " + err.Error()
+		if errors.Is(err, errNoCredential) && r.TLS == nil {
+			msg += " (kubectl and client-go send no credentials to an http:// server URL)"
+		}
+		p.refuse(ctx, w, r, http.StatusUnauthorized, msg, nil)
 		return
 	}
 	ctx = obs.WithAgentID(ctx, cred.agentID)

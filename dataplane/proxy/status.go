@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 )
 
 // Status returns the Kubernetes Status object for a failure answered with
@@ -47,8 +48,9 @@ func reasonFor(code int) metav1.StatusReason {
 }
 
 // WriteStatus answers with a Kubernetes Status object as JSON, which
-// kubectl and client-go turn into a readable error. Every error the proxy
-// produces itself goes through here.
+// kubectl and client-go turn into a readable error, and repeats the message
+// in a Warning header. Every error the proxy produces itself goes through
+// here.
 func WriteStatus(w http.ResponseWriter, code int, message string) {
 	b, err := json.Marshal(Status(code, message))
 	if err != nil { // a Status always marshals
@@ -59,6 +61,12 @@ func WriteStatus(w http.ResponseWriter, code int, message string) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Cache-Control", "no-store")
 	h.Set("Content-Length", strconv.Itoa(len(b)+1))
+	// client-go shows Warning headers even where it cannot show a Status
+	// (discovery, which every kubectl command starts with, only says
+	// "unknown" for a JSON error body).
+	if wh, err := utilnet.NewWarningHeader(299, "kas", message); err == nil {
+		h.Add("Warning", wh)
+	}
 	if code == http.StatusUnauthorized {
 		// As KAS: tells "kas refused the credential" apart from a
 		// Kubernetes 401.

@@ -13,7 +13,7 @@ import (
 type ProxyNode struct {
 	*Node
 	// ProxyAddr is the proxy listener's host:port; ProxyURL the URL
-	// kubectl uses (http://host:port/k8s-proxy/).
+	// clients use (http://host:port/k8s-proxy/, https:// with TLS).
 	ProxyAddr string
 	ProxyURL  string
 }
@@ -23,6 +23,18 @@ type ProxyNode struct {
 // unless modify sets another).
 func StartProxyNode(t testing.TB, env *cptest.Env, id string, modify ...func(*dataplane.Options)) *ProxyNode {
 	t.Helper()
+	return startProxyNode(t, env, id, nil, modify...)
+}
+
+// StartTLSProxyNode is StartProxyNode with the proxy served over TLS with
+// cert: kubectl sends credentials only to https:// servers.
+func StartTLSProxyNode(t testing.TB, env *cptest.Env, id string, cert *ServerCert, modify ...func(*dataplane.Options)) *ProxyNode {
+	t.Helper()
+	return startProxyNode(t, env, id, cert, modify...)
+}
+
+func startProxyNode(t testing.TB, env *cptest.Env, id string, cert *ServerCert, modify ...func(*dataplane.Options)) *ProxyNode {
+	t.Helper()
 	var (
 		l      net.Listener
 		prefix string
@@ -30,6 +42,9 @@ func StartProxyNode(t testing.TB, env *cptest.Env, id string, modify ...func(*da
 	withProxy := func(o *dataplane.Options) {
 		l = Listen(t)
 		o.KubernetesAPIListener = l
+		if cert != nil {
+			o.KubernetesAPIListener = cert.Listener(l)
+		}
 	}
 	prefixOf := func(o *dataplane.Options) {
 		if prefix = o.KubernetesAPI.PathPrefix; prefix == "" {
@@ -39,5 +54,9 @@ func StartProxyNode(t testing.TB, env *cptest.Env, id string, modify ...func(*da
 	all := append(append([]func(*dataplane.Options){withProxy}, modify...), prefixOf)
 	n := StartNode(t, env, id, all...)
 	addr := l.Addr().String()
-	return &ProxyNode{Node: n, ProxyAddr: addr, ProxyURL: "http://" + addr + prefix}
+	scheme := "http://"
+	if cert != nil {
+		scheme = "https://"
+	}
+	return &ProxyNode{Node: n, ProxyAddr: addr, ProxyURL: scheme + addr + prefix}
 }

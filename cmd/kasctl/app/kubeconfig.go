@@ -118,6 +118,9 @@ func runKubeconfig(ctx context.Context, cli CLI, g *globals, args []string) erro
 			resp.GetToken().GetId(), *username, *agentID, expires.UTC().Format(time.RFC3339))
 	}
 
+	if strings.HasPrefix(*proxyURL, "http://") {
+		fmt.Fprintf(cli.Stderr, "kasctl: warning: kubectl sends no credentials to an http:// server; use the proxy's https:// URL\n")
+	}
 	n := *name
 	if n == "" {
 		n = "kas-agent-" + strconv.FormatInt(*agentID, 10)

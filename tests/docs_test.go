@@ -350,21 +350,25 @@ var psqlVarRE = regexp.MustCompile(`(^|[^:]):([a-z_]+)\b`)
 
 // TestDocsSQL runs every recipe of docs/sql.md against a database filled
 // through the control plane's API: live nodes, a draining one and a stale
-// one (registered through a control plane whose clock is 30 s behind).
+// one (registered through a control plane whose clock is behind).
 func TestDocsSQL(t *testing.T) {
 	doc := readDoc(t, "sql.md")
 	ctx := context.Background()
 	pool := pgtest.Pool(t)
 	apiKey, privateKey := cptest.Key(t), cptest.Key(t)
+	// Long leases, so that a slow machine cannot turn live nodes stale
+	// during the test: node-d, registered 15 minutes "ago", expired 5
+	// minutes ago and stays visible (stale) for 20 minutes.
 	serve := func(now func() time.Time) *cptest.Env {
-		srv, err := controlplane.New(controlplane.Options{Pool: pool, APISecretKey: apiKey, PrivateAPISecretKey: privateKey, Now: now})
+		srv, err := controlplane.New(controlplane.Options{Pool: pool, APISecretKey: apiKey, PrivateAPISecretKey: privateKey,
+			LeaseTTL: 10 * time.Minute, Now: now})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return cptest.Serve(t, srv, apiKey, privateKey)
 	}
 	env := serve(nil)
-	behind := serve(func() time.Time { return time.Now().Add(-30 * time.Second) })
+	behind := serve(func() time.Time { return time.Now().Add(-15 * time.Minute) })
 
 	ids := map[string]int64{}
 	for _, name := range []string{"production", "staging", "moving", "orphan", "idle"} {

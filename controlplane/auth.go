@@ -179,8 +179,12 @@ func (s *authService) AuthorizeProxy(ctx context.Context, req *dataplanev1.Autho
 		}
 	}
 	if as == nil {
-		return deny(dataplanev1.AuthorizeProxyResponse_DECISION_FORBIDDEN,
-			fmt.Sprintf("credential may not access agent %d", req.AgentId), cred.principal()), nil
+		reason := fmt.Sprintf("credential may not access agent %d", req.AgentId)
+		if head.Version == 0 && cred.accessType != accessTypePAT {
+			// The seed's "configuration file not found" case: say so.
+			reason += " (the agent has no configuration, so no ci_access or user_access applies: push its config.yaml with PutAgentConfig)"
+		}
+		return deny(dataplanev1.AuthorizeProxyResponse_DECISION_FORBIDDEN, reason, cred.principal()), nil
 	}
 	ttl := min(AllowCacheTTL, cred.expiresAt.Sub(now))
 	return &dataplanev1.AuthorizeProxyResponse{

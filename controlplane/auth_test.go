@@ -276,7 +276,7 @@ func TestAuthorizeProxyMatrix(t *testing.T) {
 		{"ci config group entry", ciTok(f.configured.Id, f.ciTeam), allowed, "impersonate", "ci_job:1002", ""},
 		{"ci agent's own project", ciTok(f.configured.Id, f.ciConfig), allowed, "agent", "ci_job:1003", ""},
 		{"ci not allowed", ciTok(f.configured.Id, f.ciOther), forbiddn, "", "ci_job:1004", "may not access agent"},
-		{"ci no config no grant", ciTok(f.plain.Id, f.ciTeam), forbiddn, "", "ci_job:1002", "may not access agent " + strconv.FormatInt(f.plain.Id, 10)},
+		{"ci no config no grant", ciTok(f.plain.Id, f.ciTeam), forbiddn, "", "ci_job:1002", "may not access agent " + strconv.FormatInt(f.plain.Id, 10) + " (the agent has no configuration"},
 		// Sessions: user_access and explicit grants; CSRF on unsafe methods.
 		{"cookie user_access group", cookie(f.configured.Id, f.cookie, false, ""), allowed, "user", "user:bob", ""},
 		{"cookie user_access as agent", cookie(f.asAgent.Id, f.cookie, false, ""), allowed, "agent", "user:bob", ""},

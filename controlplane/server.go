@@ -59,7 +59,7 @@ func (o *Options) Validate() error {
 		o.HeartbeatInterval = o.LeaseTTL / 4
 	}
 	if o.HeartbeatInterval >= o.LeaseTTL {
-		errs = append(errs, errors.New("controlplane.heartbeat_interval: must be shorter than lease_ttl"))
+		errs = append(errs, errors.New("controlplane.lease_ttl: the heartbeat interval (a quarter of lease_ttl by default) must be shorter than lease_ttl"))
 	}
 	if o.StaleGrace == 0 {
 		o.StaleGrace = 2 * o.LeaseTTL

@@ -7,8 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
-	"time"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/timestamppb"

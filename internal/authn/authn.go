@@ -42,21 +42,41 @@ var (
 
 // Verifier checks tokens for one API.
 type Verifier struct {
-	key      []byte
+	key      any // []byte, or jwt.VerificationKeySet during a key rotation
 	issuer   string
 	audience string
 	now      func() time.Time
 }
 
-// NewVerifier returns a verifier for tokens signed with key for audience, from issuer.
-func NewVerifier(key []byte, issuer, audience string) *Verifier {
-	return &Verifier{key: key, issuer: issuer, audience: audience, now: time.Now}
+// NewVerifier returns a verifier for tokens signed with key for audience,
+// from issuer. Tokens signed with one of previous are accepted too: during
+// a key rotation, verifiers know the old and the new key while signers
+// move from one to the other (empty keys are ignored).
+func NewVerifier(key []byte, issuer, audience string, previous ...[]byte) *Verifier {
+	v := &Verifier{key: key, issuer: issuer, audience: audience, now: time.Now}
+	set := jwt.VerificationKeySet{Keys: []jwt.VerificationKey{key}}
+	for _, k := range previous {
+		if len(k) > 0 {
+			set.Keys = append(set.Keys, k)
+		}
+	}
+	if len(set.Keys) > 1 {
+		v.key = set
+	}
+	return v
 }
 
-// Verify checks a raw JWT and returns its subject.
+// Verify checks a raw JWT and returns its subject. The token's segments
+// must be canonical base64url, so one token has exactly one spelling.
 func (v *Verifier) Verify(raw string) (string, error) {
+	// Base64 decoding skips line breaks; refusing every byte outside the
+	// token alphabet keeps the spelling unique.
+	if strings.ContainsFunc(raw, func(r rune) bool { return !isTokenChar(r) }) {
+		return "", ErrInvalid
+	}
 	tok, err := jwt.Parse(raw, func(*jwt.Token) (any, error) { return v.key, nil },
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithStrictDecoding(),
 		jwt.WithIssuer(v.issuer),
 		jwt.WithAudience(v.audience),
 		jwt.WithExpirationRequired(),
@@ -83,6 +103,12 @@ func (v *Verifier) Verify(raw string) (string, error) {
 	}
 	sub, _ := tok.Claims.GetSubject()
 	return sub, nil
+}
+
+// isTokenChar reports whether r may appear in a JWS compact serialization:
+// the base64url alphabet and the dots between segments.
+func isTokenChar(r rune) bool {
+	return 'A' <= r && r <= 'Z' || 'a' <= r && r <= 'z' || '0' <= r && r <= '9' || r == '-' || r == '_' || r == '.'
 }
 
 // VerifyHeader checks an "Authorization: Bearer <jwt>" header value.

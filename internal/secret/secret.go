@@ -62,7 +62,9 @@ func Parse(prefix, token string) (id int64, random string, ok bool) {
 	if err != nil || id <= 0 || strconv.FormatInt(id, 10) != idStr {
 		return 0, "", false
 	}
-	if _, err := base64.RawURLEncoding.DecodeString(random); err != nil {
+	// Canonical only: decoding skips line breaks and, without Strict,
+	// ignores the spare bits of the last character.
+	if b, err := base64.RawURLEncoding.Strict().DecodeString(random); err != nil || len(b) != 32 {
 		return 0, "", false
 	}
 	return id, random, true

@@ -17,6 +17,9 @@ import (
 	"github.com/kas-project/kas/internal/impersonation"
 )
 
+// maxIdleConnsPerHost bounds the idle connections to the API server.
+const maxIdleConnsPerHost = 256
+
 // newProxy returns the handler of the node's requests: each is forwarded to
 // the Kubernetes API server as it came (method, path, query, headers, body
 // streamed both ways, protocol upgrades), with the agent's own credentials
@@ -32,6 +35,16 @@ func newProxy(kube *rest.Config, log *slog.Logger) (http.Handler, *url.URL, erro
 	if err != nil {
 		return nil, nil, fmt.Errorf("kubernetes API server URL: %w", err)
 	}
+	// Over HTTP/1.1 (a plain http:// API server) every request in flight
+	// holds a connection: keep as many idle as a busy node sends at once,
+	// not client-go's 25, so that bursts do not open and close a TCP
+	// connection per request. HTTP/2 multiplexes and does not care.
+	kube.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		if t, ok := rt.(*http.Transport); ok {
+			t.MaxIdleConnsPerHost = maxIdleConnsPerHost
+		}
+		return rt
+	})
 	plain, err := rest.TransportFor(kube)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kubernetes API transport: %w", err)

@@ -243,7 +243,7 @@ func (n *Node) newTransport() *http.Transport {
 		Protocols:             p,
 		DisableCompression:    true, // a proxy passes encodings through
 		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   16,
+		MaxIdleConnsPerHost:   64, // per agent: a busy proxy keeps its streams instead of reopening them
 		IdleConnTimeout:       30 * time.Second,
 		ExpectContinueTimeout: time.Second,
 	}

@@ -206,7 +206,7 @@ type authorizer struct {
 
 	hits, misses, shared, errs atomic.Uint64
 
-	mu     sync.Mutex
+	mu     sync.RWMutex
 	cache  map[[sha256.Size]byte]*decision
 	calls  map[[sha256.Size]byte]*authCall
 	closed bool
@@ -229,8 +229,15 @@ func newAuthorizer(o *Options) *authorizer {
 func (a *authorizer) authorize(ctx context.Context, cred credential) (*decision, error) {
 	key := cred.cacheKey()
 	now := a.opts.Clock()
+	a.mu.RLock()
+	d, ok := a.cache[key]
+	a.mu.RUnlock()
+	if ok && now.Before(d.expires) {
+		a.hits.Add(1)
+		return d, nil
+	}
 	a.mu.Lock()
-	if d, ok := a.cache[key]; ok && now.Before(d.expires) {
+	if d, ok := a.cache[key]; ok && now.Before(d.expires) { // filled meanwhile
 		a.mu.Unlock()
 		a.hits.Add(1)
 		return d, nil
@@ -350,7 +357,7 @@ func (a *authorizer) putLocked(key [sha256.Size]byte, d *decision) {
 }
 
 func (a *authorizer) entries() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.mu.RLock()
+	defer a.mu.RUnlock()
 	return len(a.cache)
 }

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"strconv"
-	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,8 +14,7 @@ type metrics struct {
 
 	requests, auth, authErrors, authEntries *prometheus.Desc
 
-	mu     sync.Mutex
-	byCode map[int]*atomic.Uint64
+	byCode [600]atomic.Uint64 // by HTTP status; 0: the caller went away
 }
 
 func newMetrics(p *Proxy) *metrics {
@@ -29,20 +27,15 @@ func newMetrics(p *Proxy) *metrics {
 		auth:        d("auth_total", "Proxy authorization decisions by cache result: hit, miss (asked the control plane), shared (a miss that joined a call in flight).", "result"),
 		authErrors:  d("auth_errors_total", "Proxy authorization calls to the control plane that failed."),
 		authEntries: d("auth_cache_entries", "Proxy authorization decisions cached."),
-		byCode:      make(map[int]*atomic.Uint64),
 	}
 }
 
 // count records a request answered with code.
 func (m *metrics) count(code int) {
-	m.mu.Lock()
-	c, ok := m.byCode[code]
-	if !ok {
-		c = new(atomic.Uint64)
-		m.byCode[code] = c
+	if code < 0 || code >= len(m.byCode) {
+		code = 0
 	}
-	m.mu.Unlock()
-	c.Add(1)
+	m.byCode[code].Add(1)
 }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
@@ -53,14 +46,10 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
-	m.mu.Lock()
-	codes := make(map[int]uint64, len(m.byCode))
-	for code, c := range m.byCode {
-		codes[code] = c.Load()
-	}
-	m.mu.Unlock()
-	for code, v := range codes {
-		ch <- prometheus.MustNewConstMetric(m.requests, prometheus.CounterValue, float64(v), strconv.Itoa(code))
+	for code := range m.byCode {
+		if v := m.byCode[code].Load(); v > 0 {
+			ch <- prometheus.MustNewConstMetric(m.requests, prometheus.CounterValue, float64(v), strconv.Itoa(code))
+		}
 	}
 	s := m.p.Stats()
 	ch <- prometheus.MustNewConstMetric(m.auth, prometheus.CounterValue, float64(s.AuthHits), "hit")

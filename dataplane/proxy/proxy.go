@@ -115,7 +115,7 @@ type Proxy struct {
 	ctx    context.Context // ends on Close: every request in flight is cancelled
 	cancel context.CancelFunc
 
-	mu       sync.Mutex
+	mu       sync.RWMutex // guards closed against inflight.Add
 	closed   bool
 	inflight sync.WaitGroup // requests being served, upgraded ones included
 }
@@ -218,8 +218,8 @@ type call struct {
 type callKey struct{}
 
 func (p *Proxy) begin() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.mu.RLock()
+	defer p.mu.RUnlock()
 	if p.closed {
 		return false
 	}

@@ -32,6 +32,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Name is the cookie's name; it is also the AEAD's additional data.
@@ -65,10 +66,13 @@ func Encrypt(apiKey []byte, sessionID string) (string, error) {
 // Decrypt opens a cookie value made by Encrypt (or by Rails as documented
 // above) and returns the session ID. Any failure is ErrInvalid.
 func Decrypt(apiKey []byte, cookie string) (string, error) {
-	if len(cookie) > maxCookie {
+	// Canonical base64url only: decoding would skip line breaks and, without
+	// Strict, the spare bits of the last character, giving one cookie
+	// several spellings.
+	if len(cookie) > maxCookie || strings.ContainsAny(cookie, "\r\n") {
 		return "", ErrInvalid
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(cookie)
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(cookie)
 	if err != nil || len(raw) < nonceSize+tagSize {
 		return "", ErrInvalid
 	}

@@ -64,8 +64,11 @@ func newProxy(kube *rest.Config, log *slog.Logger) (http.Handler, *url.URL, erro
 			applyImpersonation(pr.Out, id)
 		},
 		Transport: upgradeAware{plain: plain, upgrade: upgrade},
-		// Every chunk of a watch or a log stream goes out at once.
-		FlushInterval: -1,
+		// Zero, not -1: ReverseProxy flushes every write of a response
+		// without Content-Length (watch, logs -f, chunked lists) at once
+		// anyway, and -1 would also make each response with one flush its
+		// headers from a timer goroutine, in a tunnel frame of their own.
+		FlushInterval: 0,
 		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, context.Canceled) && r.Context().Err() != nil {

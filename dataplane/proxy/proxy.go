@@ -144,8 +144,12 @@ func New(opts Options) (*Proxy, error) {
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:   p.rewrite,
 		Transport: opts.Transport,
-		// Every chunk of a watch or a log stream goes out at once.
-		FlushInterval:  -1,
+		// Zero, not -1: ReverseProxy flushes every write of a response
+		// without Content-Length (watch, logs -f, chunked lists) at once
+		// anyway, and -1 would also make each response with one (most
+		// GETs) flush its headers from a timer goroutine, in a write (and
+		// tunnel frame) of their own.
+		FlushInterval:  0,
 		BufferPool:     bufferPool{},
 		ModifyResponse: p.modifyResponse,
 		ErrorHandler:   p.transportError,

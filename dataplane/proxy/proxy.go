@@ -176,7 +176,8 @@ func (p *Proxy) Close() error {
 	return nil
 }
 
-// Wait blocks until no request is in flight or ctx ends.
+// Wait blocks until no request is in flight or ctx ends. (After ctx ends,
+// a goroutine waits on until the requests end, which Close ensures.)
 func (p *Proxy) Wait(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
@@ -216,7 +217,6 @@ type call struct {
 	agentID int64
 	dec     *decision
 	code    int // the status answered, for metrics and logs
-	start   time.Time
 }
 
 type callKey struct{}
@@ -290,7 +290,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	c := &call{agentID: cred.agentID, dec: dec, start: start}
+	c := &call{agentID: cred.agentID, dec: dec}
 	ctx, cancel := context.WithCancel(context.WithValue(p.opts.WithAgent(ctx, cred.agentID), callKey{}, c))
 	stop := context.AfterFunc(p.ctx, cancel) // Close ends watches and upgraded streams
 	defer func() {

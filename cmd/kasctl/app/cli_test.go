@@ -52,7 +52,7 @@ func TestUsage(t *testing.T) {
 		{[]string{"kubeconfig", "--agent-id", "3", "--proxy-url", "ftp://x", "--token", "t"}, ExitUsage, "--proxy-url: required, an http"},
 		{[]string{"kubeconfig", "--agent-id", "3", "--proxy-url", "http://x/", "--token", "pat:4:s"}, ExitUsage, "must name --agent-id 3"},
 		{[]string{"kubeconfig", "--agent-id", "3", "--proxy-url", "http://x/", "--token", "t", "--username", "u"}, ExitUsage, "not both"},
-		{[]string{"-o", "yaml", "kubeconfig", "--agent-id", "3", "--proxy-url", "http://x/", "--token", "t"}, ExitUsage, `"yaml" is not text or json`},
+		{[]string{"-o", "yaml", "kubeconfig", "--agent-id", "3", "--proxy-url", "http://x/", "--token", "t"}, ExitUsage, `"yaml" is not table, json or id`},
 		{[]string{"kubeconfig", "--agent-id", "3", "--proxy-url", "http://x/", "--user-id", "1", "--username", "u"}, ExitError, "--api-secret-key-file (or $KASCTL_API_SECRET_KEY_FILE) is required"},
 	} {
 		code, out, errOut := run(t, nil, c.args...)

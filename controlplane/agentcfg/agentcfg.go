@@ -195,6 +195,9 @@ func Parse(data []byte) (*Config, error) {
 	// First the structure: every unknown field and wrong type, with paths.
 	v := &validator{lines: map[string]int{}, broken: map[string]bool{}, nulls: map[string]bool{}}
 	v.walk(root, "", configType)
+	if v.tooBig {
+		return nil, v.err() // decoding would expand the aliases again
+	}
 	// Then the values, strictly. Decoding goes on past type errors, so the
 	// semantic checks below see whatever could be decoded; the walk has
 	// reported those errors better, so an error here only counts when the

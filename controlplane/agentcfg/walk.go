@@ -3,7 +3,9 @@ package agentcfg
 import (
 	"fmt"
 	"reflect"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -21,12 +23,34 @@ type validator struct {
 	broken map[string]bool
 	// nulls holds the paths of keys given without a value ("agent:").
 	nulls map[string]bool
+	// nodes counts the nodes walked, aliases expanded; past maxNodes the
+	// walk stops (tooBig), so that a few aliases cannot make it exponential.
+	nodes  int
+	tooBig bool
+	// dropped counts problems beyond maxProblems.
+	dropped int
 }
 
-func (v *validator) err() error { return &ValidationError{Problems: v.problems} }
+// Bounds on the work a document may cause and on the problems reported.
+const (
+	maxNodes    = 100_000
+	maxProblems = 100
+)
+
+func (v *validator) err() error {
+	ps := v.problems
+	if v.dropped > 0 {
+		ps = append(ps, Problem{Message: fmt.Sprintf("%d more problems not shown", v.dropped)})
+	}
+	return &ValidationError{Problems: ps}
+}
 
 // addAt records a problem at an explicit line.
 func (v *validator) addAt(path string, line int, format string, args ...any) {
+	if len(v.problems) >= maxProblems {
+		v.dropped++
+		return
+	}
 	v.problems = append(v.problems, Problem{Field: path, Message: fmt.Sprintf(format, args...), Line: line})
 }
 
@@ -84,6 +108,9 @@ func (v *validator) walk(n *yaml.Node, path string, t reflect.Type) {
 	for n.Kind == yaml.AliasNode {
 		n = n.Alias
 	}
+	if !v.count(n) {
+		return
+	}
 	if _, seen := v.lines[path]; !seen {
 		v.lines[path] = n.Line
 	}
@@ -125,6 +152,18 @@ func (v *validator) walk(n *yaml.Node, path string, t reflect.Type) {
 	}
 }
 
+// count counts a node walked and reports whether the walk may go on.
+func (v *validator) count(n *yaml.Node) bool {
+	if v.nodes++; v.nodes <= maxNodes {
+		return true
+	}
+	if !v.tooBig {
+		v.tooBig = true
+		v.addAt("", n.Line, "the configuration expands to more than %d nodes (aliases?); write it with fewer aliases", maxNodes)
+	}
+	return false
+}
+
 func (v *validator) walkMapping(n *yaml.Node, path string, t reflect.Type, seen map[string]int) {
 	fields := fieldsOf(t)
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -140,6 +179,9 @@ func (v *validator) walkMapping(n *yaml.Node, path string, t reflect.Type, seen 
 			for _, m := range merged {
 				for m.Kind == yaml.AliasNode {
 					m = m.Alias
+				}
+				if !v.count(m) {
+					return
 				}
 				if m.Kind != yaml.MappingNode {
 					v.bad(path, m.Line, "merge (<<) needs a mapping, not %s", describe(m))
@@ -157,7 +199,7 @@ func (v *validator) walkMapping(n *yaml.Node, path string, t reflect.Type, seen 
 		}
 		ft, ok := fields[name]
 		if !ok {
-			v.bad(fp, k.Line, "unknown field; expected one of %s", strings.Join(sortedKeys(fields), ", "))
+			v.bad(join(path, keyInPath(name)), k.Line, "unknown field; expected one of %s", strings.Join(sortedKeys(fields), ", "))
 			continue
 		}
 		if first, dup := seen[name]; dup {
@@ -168,6 +210,18 @@ func (v *validator) walkMapping(n *yaml.Node, path string, t reflect.Type, seen 
 		v.lines[fp] = k.Line
 		v.walk(val, fp, ft)
 	}
+}
+
+var plainKey = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+// keyInPath writes an unknown key into a field path: as is when it is a
+// plain word, quoted otherwise (empty, or with dots, brackets or spaces that
+// would make the path ambiguous).
+func keyInPath(key string) string {
+	if plainKey.MatchString(key) {
+		return key
+	}
+	return strconv.Quote(key)
 }
 
 func fieldsOf(t reflect.Type) map[string]reflect.Type {

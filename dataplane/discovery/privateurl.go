@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"net/url"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -247,14 +248,16 @@ func urlFromListener(o PrivateURLOptions, scheme, port string) (string, error) {
 		if path == "" {
 			return "", fmt.Errorf("%s: not set, and the private API unix socket path is empty", EnvURL)
 		}
-		if !strings.HasPrefix(path, "@") { // abstract sockets have no file
-			abs, err := filepath.Abs(path)
-			if err != nil {
-				return "", fmt.Errorf("%s: not set, and the socket path %q cannot be made absolute: %w", EnvURL, path, err)
-			}
-			path = abs
+		if strings.HasPrefix(path, "@") {
+			return "", fmt.Errorf("%s: not set, and the private API listens on the abstract socket %q, which has no unix:///path URL; listen on a socket file",
+				EnvURL, path)
 		}
-		return SchemeUnix + "://" + path, nil
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return "", fmt.Errorf("%s: not set, and the socket path %q cannot be made absolute: %w", EnvURL, path, err)
+		}
+		// Escaped: a path with '#', '?' or '%' must survive url.Parse.
+		return (&url.URL{Scheme: SchemeUnix, Path: abs}).String(), nil
 	case "", "tcp", "tcp4", "tcp6":
 	default:
 		return "", fmt.Errorf("%s: not set, and the private API listen network %q is neither tcp nor unix", EnvURL, o.ListenNetwork)
@@ -263,9 +266,14 @@ func urlFromListener(o PrivateURLOptions, scheme, port string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%s: not set, and the private API listen address %q is not host:port", EnvURL, o.ListenAddress)
 	}
-	if ip, err := netip.ParseAddr(host); host == "" || (err == nil && ip.IsUnspecified()) {
+	ip, ipErr := netip.ParseAddr(host)
+	if host == "" || (ipErr == nil && ip.IsUnspecified()) {
 		return "", fmt.Errorf("%s: not set, and the private API listens on every interface (%q), an address other nodes cannot dial; set %s or %s",
 			EnvURL, o.ListenAddress, EnvURL, EnvCIDR)
+	}
+	if (ipErr == nil && ip.Zone() != "") || (ipErr != nil && !hostName.MatchString(host)) {
+		return "", fmt.Errorf("%s: not set, and the private API listen host %q is not an IP address (without zone) or host name other nodes can dial; set %s or %s",
+			EnvURL, host, EnvURL, EnvCIDR)
 	}
 	if port == "" {
 		if n, err := strconv.ParseUint(lport, 10, 16); err != nil || n == 0 {
@@ -277,6 +285,11 @@ func urlFromListener(o PrivateURLOptions, scheme, port string) (string, error) {
 	return scheme + "://" + net.JoinHostPort(host, port), nil
 }
 
+// hostName is a DNS name as a listen address may hold one.
+var hostName = regexp.MustCompile(`^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?$`)
+
+// interfaceIP returns an interface address without its zone (a zone has no
+// meaning for other nodes, and would not fit in the URL).
 func interfaceIP(a net.Addr) (netip.Addr, bool) {
 	var ip net.IP
 	switch a := a.(type) {
@@ -289,7 +302,7 @@ func interfaceIP(a net.Addr) (netip.Addr, bool) {
 			return p.Addr().Unmap(), true
 		}
 		addr, err := netip.ParseAddr(a.String())
-		return addr.Unmap(), err == nil
+		return addr.Unmap().WithZone(""), err == nil
 	}
 	addr, ok := netip.AddrFromSlice(ip)
 	return addr.Unmap(), ok

@@ -13,8 +13,10 @@ LDFLAGS := -X github.com/kas-project/kas/cmd/kas/app.Version=$(VERSION)
 TEST_TIMEOUT ?= 20m
 # make bench BENCH_SHORT=0 runs the full benchmarks.
 BENCH_SHORT ?= 1
+# How long make fuzz runs each fuzz target.
+FUZZTIME ?= 10s
 
-.PHONY: all tools tools-k8s generate check-generated build run test bench clean
+.PHONY: all tools tools-k8s generate check-generated build run test fuzz bench clean
 
 all: build
 
@@ -52,6 +54,17 @@ test: tools-k8s
 	go vet ./...
 	@unformatted="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted" >&2; exit 1; fi
 	KAS_REQUIRE_CLIENTS=1 KAS_REQUIRE_K8S=1 go test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# Every func FuzzXxx in a _test.go file, each fuzzed for FUZZTIME. Their
+# seed corpora (f.Add, testdata/fuzz/FuzzXxx/) also run in make test; a
+# failing input found here is written to testdata/fuzz/ to be committed.
+fuzz:
+	@git ls-files -co --exclude-standard '*_test.go' | xargs grep -l '^func Fuzz' | sort | while read -r f; do \
+		for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' "$$f"); do \
+			echo "== $$(dirname "$$f") $$t ($(FUZZTIME))"; \
+			go test -run='^$$' -fuzz="^$$t\$$" -fuzztime=$(FUZZTIME) "./$$(dirname "$$f")" || exit 1; \
+		done; \
+	done
 
 # Each main package under tests/bench is a benchmark command that prints a
 # table and accepts -short (also KAS_BENCH_SHORT=1) for a quick run.

@@ -20,7 +20,9 @@ import (
 type Config struct {
 	Database Database `yaml:"database"`
 	// APISecretKeyFile holds api_secret_key: base64 text whose decoded value
-	// is exactly 32 bytes. Rails signs its JWTs with it.
+	// is exactly 32 bytes. Rails signs its JWTs with it. During a key
+	// rotation the file holds more keys, one per line: the first is the
+	// key, the others are accepted too (see docs/security.md).
 	APISecretKeyFile string `yaml:"api_secret_key_file"`
 	// PrivateAPISecretKeyFile holds private_api_secret_key (same format).
 	// Dataplane nodes sign their calls to the control plane and to each
@@ -31,9 +33,15 @@ type Config struct {
 	Observability           Observability `yaml:"observability"`
 
 	// APISecretKey and PrivateAPISecretKey are the decoded keys, loaded by
-	// Validate from the files above. They are never printed.
+	// Validate from the first line of the files above. They are never
+	// printed.
 	APISecretKey        []byte `yaml:"-"`
 	PrivateAPISecretKey []byte `yaml:"-"`
+	// ExtraAPISecretKeys and ExtraPrivateAPISecretKeys are the keys on the
+	// files' further lines, for key rotation: verifiers accept them too,
+	// nothing signs with them.
+	ExtraAPISecretKeys        [][]byte `yaml:"-"`
+	ExtraPrivateAPISecretKeys [][]byte `yaml:"-"`
 }
 
 // Database says which PostgreSQL the control plane uses.

@@ -85,10 +85,10 @@ func (c *Config) Validate(role Role) error {
 	needPrivate := role.UsesControlplane() || role.UsesDataplane()
 	generated := c.Database.Embedded() && role.UsesControlplane()
 	var err error
-	if c.APISecretKey, err = loadKey("api_secret_key_file", c.APISecretKeyFile, needAPI && !generated); err != nil {
+	if c.APISecretKey, c.ExtraAPISecretKeys, err = LoadKeys("api_secret_key_file", c.APISecretKeyFile, needAPI && !generated); err != nil {
 		add(err)
 	}
-	if c.PrivateAPISecretKey, err = loadKey("private_api_secret_key_file", c.PrivateAPISecretKeyFile, needPrivate && !generated); err != nil {
+	if c.PrivateAPISecretKey, c.ExtraPrivateAPISecretKeys, err = LoadKeys("private_api_secret_key_file", c.PrivateAPISecretKeyFile, needPrivate && !generated); err != nil {
 		add(err)
 	}
 
@@ -127,29 +127,56 @@ func (c *Config) Validate(role Role) error {
 	return errors.Join(errs...)
 }
 
-// loadKey reads a key file: base64 text (surrounding white space ignored)
-// whose decoded value is exactly KeySize bytes. Error messages never
-// contain the key.
-func loadKey(setting, path string, required bool) ([]byte, error) {
+// LoadKeys reads a key file: base64 text (surrounding white space ignored)
+// whose decoded value is exactly KeySize bytes. During a key rotation the
+// file holds several keys, one per line (blank lines ignored): key is the
+// first, the one to sign with; extra are the others, which verifiers accept
+// too. setting names the file in errors, which never contain a key.
+func LoadKeys(setting, path string, required bool) (key []byte, extra [][]byte, err error) {
 	if path == "" {
 		if required {
-			return nil, fmt.Errorf("%s: required (a file with the base64 encoding of %d random bytes, e.g. `head -c %d /dev/urandom | base64`)", setting, KeySize, KeySize)
+			return nil, nil, fmt.Errorf("%s: required (a file with the base64 encoding of %d random bytes, e.g. `head -c %d /dev/urandom | base64`)", setting, KeySize, KeySize)
 		}
-		return nil, nil
+		return nil, nil, nil
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", setting, err)
+		return nil, nil, fmt.Errorf("%s: %w", setting, err)
 	}
-	text := strings.TrimSpace(string(b))
-	key, err := base64.StdEncoding.DecodeString(text)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %s does not hold base64 text", setting, path)
+	var lines []int // 1-based numbers of the non-blank lines
+	all := strings.Split(string(b), "\n")
+	for i, l := range all {
+		if strings.TrimSpace(l) != "" {
+			lines = append(lines, i+1)
+		}
 	}
-	if len(key) != KeySize {
-		return nil, fmt.Errorf("%s: decoded value is %d bytes, must be exactly %d", setting, len(key), KeySize)
+	if len(lines) == 0 {
+		return nil, nil, fmt.Errorf("%s: %s is empty", setting, path)
 	}
-	return key, nil
+	var errs []error
+	var keys [][]byte
+	for _, n := range lines {
+		where := ""
+		if len(lines) > 1 {
+			where = fmt.Sprintf(" (line %d)", n)
+		}
+		k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(all[n-1]))
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s: %s does not hold base64 text%s", setting, path, where))
+		case len(k) != KeySize:
+			errs = append(errs, fmt.Errorf("%s: decoded value is %d bytes, must be exactly %d%s", setting, len(k), KeySize, where))
+		default:
+			keys = append(keys, k)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, nil, errors.Join(errs...)
+	}
+	if len(keys) == 1 {
+		return keys[0], nil, nil
+	}
+	return keys[0], keys[1:], nil
 }
 
 func checkDatabaseURL(s string) error {

@@ -259,6 +259,12 @@ func (s *authService) authenticate(ctx context.Context, req *dataplanev1.Authori
 			}
 		}
 		sid, err := kascookie.Decrypt(s.opts.APISecretKey, cookie)
+		for _, k := range s.opts.ExtraAPISecretKeys { // key rotation: cookies Rails sealed with another key
+			if err == nil {
+				break
+			}
+			sid, err = kascookie.Decrypt(k, cookie)
+		}
 		if err != nil {
 			return nil, reason, nil
 		}

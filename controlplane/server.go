@@ -25,6 +25,10 @@ type Options struct {
 	APISecretKey []byte
 	// PrivateAPISecretKey authenticates dataplane nodes (32 bytes).
 	PrivateAPISecretKey []byte
+	// ExtraAPISecretKeys and ExtraPrivateAPISecretKeys are accepted as
+	// well during a key rotation (32 bytes each); optional.
+	ExtraAPISecretKeys        [][]byte
+	ExtraPrivateAPISecretKeys [][]byte
 	// LeaseTTL is how long a node stays live without a heartbeat. Default 20 s.
 	LeaseTTL time.Duration
 	// HeartbeatInterval is what nodes are told to use. Default LeaseTTL/4.
@@ -48,6 +52,18 @@ func (o *Options) Validate() error {
 	}
 	if len(o.PrivateAPISecretKey) != authn.KeySize {
 		errs = append(errs, errors.New("private_api_secret_key: must be 32 bytes"))
+	}
+	for _, k := range o.ExtraAPISecretKeys {
+		if len(k) != authn.KeySize {
+			errs = append(errs, errors.New("api_secret_key: every extra key must be 32 bytes"))
+			break
+		}
+	}
+	for _, k := range o.ExtraPrivateAPISecretKeys {
+		if len(k) != authn.KeySize {
+			errs = append(errs, errors.New("private_api_secret_key: every extra key must be 32 bytes"))
+			break
+		}
 	}
 	if o.LeaseTTL == 0 {
 		o.LeaseTTL = 20 * time.Second
@@ -104,9 +120,9 @@ func (s *Server) Ready(ctx context.Context) error {
 // dataplane services only private_api_secret_key tokens.
 func (s *Server) Handler() http.Handler {
 	mgmt := connect.WithInterceptors(authn.ServerInterceptor(
-		authn.NewVerifier(s.opts.APISecretKey, authn.IssuerRails, authn.AudienceManagement)))
+		authn.NewVerifier(s.opts.APISecretKey, authn.IssuerRails, authn.AudienceManagement, s.opts.ExtraAPISecretKeys...)))
 	dp := connect.WithInterceptors(authn.ServerInterceptor(
-		authn.NewVerifier(s.opts.PrivateAPISecretKey, authn.IssuerDataplane, authn.AudienceDataplane)))
+		authn.NewVerifier(s.opts.PrivateAPISecretKey, authn.IssuerDataplane, authn.AudienceDataplane, s.opts.ExtraPrivateAPISecretKeys...)))
 	limits := connect.WithReadMaxBytes(1 << 20)
 
 	mux := http.NewServeMux()

@@ -56,6 +56,8 @@ type ServerOptions struct {
 	NodeID string
 	// Key is private_api_secret_key (32 bytes).
 	Key []byte
+	// ExtraKeys are accepted as well during a key rotation (32 bytes each).
+	ExtraKeys [][]byte
 	// Tunnels are the node's own tunnels.
 	Tunnels Tunnels
 	Logger  *slog.Logger
@@ -69,6 +71,12 @@ func (o *ServerOptions) Validate() error {
 	}
 	if len(o.Key) != authn.KeySize {
 		errs = append(errs, fmt.Errorf("relay server: private_api_secret_key must be %d bytes", authn.KeySize))
+	}
+	for _, k := range o.ExtraKeys {
+		if len(k) != authn.KeySize {
+			errs = append(errs, fmt.Errorf("relay server: every extra private_api_secret_key must be %d bytes", authn.KeySize))
+			break
+		}
 	}
 	if o.Tunnels == nil {
 		errs = append(errs, errors.New("relay server: tunnels are required"))
@@ -99,7 +107,7 @@ func NewServer(opts ServerOptions) (*Server, error) {
 // Handler returns the path and handler to mount on the private API server.
 // Calls without a valid private-API JWT fail with CodeUnauthenticated.
 func (s *Server) Handler() (string, http.Handler) {
-	verifier := authn.NewVerifier(s.opts.Key, authn.IssuerDataplane, authn.AudiencePrivateAPI)
+	verifier := authn.NewVerifier(s.opts.Key, authn.IssuerDataplane, authn.AudiencePrivateAPI, s.opts.ExtraKeys...)
 	return relayv1connect.NewRelayServiceHandler(s,
 		connect.WithInterceptors(authn.ServerInterceptor(verifier)),
 		connect.WithReadMaxBytes(maxMessage),

@@ -272,7 +272,8 @@ func New(opts Options) (_ *Node, err error) {
 	}
 	if n.agents, err = agentserver.New(agentserver.Options{
 		NodeID: opts.NodeID, Auth: n.auth, Registrar: n.registrar, Tunnel: opts.Tunnel,
-		RetryAfter: opts.RetryAfter, Logger: opts.Logger.With("component", "agent-server"),
+		RetryAfter: opts.RetryAfter, RecheckInterval: opts.Authenticator.RecheckInterval,
+		Logger: opts.Logger.With("component", "agent-server"),
 	}); err != nil {
 		return nil, err
 	}

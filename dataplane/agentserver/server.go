@@ -7,7 +7,10 @@
 // before the upgrade: a refused token gets 401, a control plane that cannot
 // answer gets 503 with Retry-After, a draining node 503 with Retry-After.
 // Every response carries Kas-Node-Id, so an agent can spread its tunnels over
-// different nodes.
+// different nodes. At most Options.MaxTokenChecks handshakes have their
+// token checked at once; the others wait for a slot, so that the agents of
+// a dead node, arriving all together, load the control plane evenly
+// instead of in a burst it cannot answer in time.
 //
 // After the upgrade the connection is a tunnel.Session on which the node
 // opens streams and the agent accepts them. The Server keeps a registry of
@@ -16,15 +19,25 @@
 // lives and closes it once the token is refused. Sessions are tracked with
 // their own WaitGroup: http.Server.Shutdown does not wait for hijacked
 // connections.
+//
+// Memory: a node holds 10,000 idle tunnels, so what one costs counts. The
+// HTTP handler returns as soon as the session is handed over, which frees
+// net/http's goroutine, request and buffers. Each tunnel then keeps two
+// goroutines (its session's reader, and a small one that waits for the
+// session to end and unregisters it) and no timer of its own: one loop
+// per Server rechecks every open tunnel's token when it is due, from a
+// queue ordered by due time.
 package agentserver
 
 import (
+	"container/heap"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"slices"
@@ -62,11 +75,9 @@ var (
 type Authenticator interface {
 	// Valid reports who the token belongs to. An error wrapping
 	// discovery.ErrUnauthenticated is a definite refusal; any other error
-	// means the answer is unknown for now.
+	// means the answer is unknown for now. The Server calls it for every
+	// handshake and every recheck, so it should answer from a cache.
 	Valid(ctx context.Context, token string) (discovery.AgentInfo, error)
-	// Recheck returns an error wrapping discovery.ErrUnauthenticated once
-	// the token is refused, or nil when ctx ends.
-	Recheck(ctx context.Context, token string) error
 }
 
 // Registrar is told about tunnels; *discovery.Registrar is one. Neither
@@ -85,8 +96,25 @@ type Options struct {
 	Registrar Registrar
 	// Tunnel tunes every session.
 	Tunnel tunnel.Config
-	// AuthTimeout bounds the token check of one handshake. Default 10 s.
+	// AuthTimeout bounds the token check of one handshake (waiting for a
+	// slot included, see MaxTokenChecks) or recheck. Default 10 s.
 	AuthTimeout time.Duration
+	// MaxTokenChecks bounds the handshakes whose token is being checked at
+	// once; more wait for a slot (within AuthTimeout, else 503 with
+	// Retry-After). It keeps a reconnect storm — thousands of agents of a
+	// dead node arriving together, each token new to this node's cache —
+	// from opening a connection to the control plane per handshake and
+	// piling up more checks than it answers before they time out.
+	// Default 32.
+	MaxTokenChecks int
+	// RecheckInterval is how often the token of an open tunnel is checked
+	// again; the first recheck comes after a random part of it, so that
+	// tunnels opened together spread their checks. A refused token closes
+	// the tunnel; a check that cannot be answered keeps it. Default 20 s,
+	// at most discovery.MaxRevocationDelay. A revoked token keeps its
+	// tunnels for at most the authenticator's cache TTL plus this (see
+	// discovery.AuthenticatorOptions).
+	RecheckInterval time.Duration
 	// RetryAfter is sent with 503 answers. Default 5 s.
 	RetryAfter time.Duration
 	Logger     *slog.Logger
@@ -110,6 +138,16 @@ func (o *Options) Validate() error {
 	if o.AuthTimeout <= 0 {
 		o.AuthTimeout = 10 * time.Second
 	}
+	if o.RecheckInterval <= 0 {
+		o.RecheckInterval = DefaultRecheckInterval
+	}
+	if o.MaxTokenChecks <= 0 {
+		o.MaxTokenChecks = DefaultMaxTokenChecks
+	}
+	if o.RecheckInterval > discovery.MaxRevocationDelay {
+		errs = append(errs, fmt.Errorf("agent server: recheck interval (%v) must not exceed %v, the longest a revoked token may keep its tunnels",
+			o.RecheckInterval, discovery.MaxRevocationDelay))
+	}
 	if o.RetryAfter <= 0 {
 		o.RetryAfter = 5 * time.Second
 	}
@@ -119,6 +157,17 @@ func (o *Options) Validate() error {
 	return errors.Join(errs...)
 }
 
+// DefaultRecheckInterval is Options.RecheckInterval's default, the same
+// as discovery's.
+const DefaultRecheckInterval = 20 * time.Second
+
+// DefaultMaxTokenChecks is Options.MaxTokenChecks's default.
+const DefaultMaxTokenChecks = 32
+
+// maxRechecks bounds the token rechecks in flight at once. Most are
+// answered from the authenticator's cache.
+const maxRechecks = 16
+
 // Server is the agent endpoint and the registry of the node's tunnels.
 type Server struct {
 	opts Options
@@ -126,7 +175,11 @@ type Server struct {
 
 	ctx    context.Context // ends on Close: rechecks stop, sessions close
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // one per tunnel, held by its handler
+	// wg counts each tunnel's watch goroutine, the recheck loop and the
+	// rechecks in flight.
+	wg sync.WaitGroup
+	// checks holds a token per handshake whose token is being checked.
+	checks chan struct{}
 
 	// shutdown is closed by Shutdown: every tunnel's handler then shuts
 	// its session down gracefully, bounded by shutdownCtx.
@@ -140,16 +193,33 @@ type Server struct {
 	draining bool
 	closed   bool
 	changed  chan struct{} // closed and replaced when a tunnel comes or goes
+	rechecks recheckQueue  // open tunnels by due recheck, earliest first
+	looping  bool          // the recheck loop runs
+	wake     chan struct{} // cap 1: the earliest recheck moved
 
 	stats counters
 }
 
+// entry is one open tunnel. Guarded by Server.mu: next, hidx, gone.
 type entry struct {
-	id      string
-	agentID int64
-	version string
-	sess    *tunnel.Session
-	opened  time.Time
+	id         string
+	agentID    int64
+	version    string
+	remoteAddr string
+	// token stays in memory for the tunnel's life: it is rechecked.
+	token  string
+	sess   *tunnel.Session
+	opened time.Time
+
+	next time.Time // when the token is due for a recheck
+	hidx int       // index in Server.rechecks; -1 while out of it
+	gone bool      // removed from the registry
+}
+
+// logger returns the Server's logger with the tunnel's IDs. It is built
+// when something is logged, so that an idle tunnel holds no logger.
+func (s *Server) logger(e *entry) *slog.Logger {
+	return s.log.With("remote_addr", e.remoteAddr, "agent_id", e.agentID, "tunnel_id", e.id)
 }
 
 // counters are the Server's statistics; ended accumulates the stream
@@ -179,6 +249,8 @@ func New(opts Options) (*Server, error) {
 		shutdownStop: sstop,
 		byAgent:      make(map[int64][]*entry),
 		changed:      make(chan struct{}),
+		wake:         make(chan struct{}, 1),
+		checks:       make(chan struct{}, opts.MaxTokenChecks),
 	}, nil
 }
 
@@ -208,6 +280,7 @@ const (
 	msgNoToken     = "missing agent token: send \"Authorization: Bearer <agent token>\""
 	msgBadToken    = "agent token is not valid (unknown, malformed or revoked)"
 	msgAuthPending = "cannot verify the agent token now (control plane unavailable): retry later"
+	msgBusy        = "too many agents are connecting to this node now: retry later"
 )
 
 func (s *Server) serveTunnel(w http.ResponseWriter, r *http.Request) {
@@ -233,8 +306,17 @@ func (s *Server) serveTunnel(w http.ResponseWriter, r *http.Request) {
 			}
 			ctx, cancel := context.WithTimeout(r.Context(), s.opts.AuthTimeout)
 			defer cancel()
+			select {
+			case s.checks <- struct{}{}:
+			case <-ctx.Done():
+				s.stats.refusedUnavailable.Add(1)
+				he := s.unavailable(w, msgBusy)
+				he.Err = fmt.Errorf("wait for one of %d token checks in flight: %w", cap(s.checks), ctx.Err())
+				return he
+			}
 			var err error
 			info, err = s.opts.Auth.Valid(ctx, tok)
+			<-s.checks
 			switch {
 			case errors.Is(err, discovery.ErrUnauthenticated):
 				s.stats.refusedAuth.Add(1)
@@ -266,53 +348,44 @@ func (s *Server) serveTunnel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	e := &entry{id: newTunnelID(), agentID: info.AgentID, version: agentVersion(r), sess: sess, opened: time.Now()}
+	e := &entry{id: newTunnelID(), agentID: info.AgentID, version: agentVersion(r), remoteAddr: r.RemoteAddr,
+		token: token, sess: sess, opened: time.Now(), hidx: -1}
 	if !s.add(e) {
 		s.stats.refusedDraining.Add(1)
 		sess.Close()
 		log.Info("tunnel closed at once: node draining", "agent_id", info.AgentID)
 		return
 	}
-	defer s.wg.Done()
 	s.stats.accepted.Add(1)
-	log = log.With("agent_id", e.agentID, "tunnel_id", e.id)
 	s.opts.Registrar.TunnelOpened(e.agentID, e.id, e.version)
-	log.Info("tunnel opened", "agent_version", e.version, "agent_name", info.AgentName)
+	log.Info("tunnel opened", "agent_id", e.agentID, "tunnel_id", e.id, "agent_version", e.version, "agent_name", info.AgentName)
+	// The handler returns now, and with it net/http's goroutine, the
+	// request and its buffers; watch owns the tunnel from here.
+	go s.watch(e)
+}
 
-	// The token stays in memory for the tunnel's life: it is rechecked.
-	rctx, stopRecheck := context.WithCancel(s.ctx)
-	revoked := make(chan error, 1)
-	go func() { revoked <- s.opts.Auth.Recheck(rctx, token) }()
-	recheckDone := false
+// watch waits for the tunnel's end (or the Server's shutdown or close,
+// which it carries out on the tunnel), then unregisters it. add took its
+// WaitGroup slot.
+func (s *Server) watch(e *entry) {
+	defer s.wg.Done()
 	select {
-	case <-sess.Done():
-	case err := <-revoked:
-		recheckDone = true
-		if err != nil {
-			s.stats.revoked.Add(1)
-			log.Warn("agent token no longer valid: closing tunnel", "err", err)
-		}
-		sess.Close()
+	case <-e.sess.Done():
 	case <-s.shutdown:
-		if err := sess.Shutdown(s.shutdownCtx); err != nil {
-			log.Info("tunnel closed with streams still open at the end of the drain", "err", err)
+		if err := e.sess.Shutdown(s.shutdownCtx); err != nil {
+			s.logger(e).Info("tunnel closed with streams still open at the end of the drain", "err", err)
 		}
 	case <-s.ctx.Done():
-		sess.Close()
 	}
-	stopRecheck()
-	if !recheckDone {
-		<-revoked
-	}
-	sess.Close() // no-op unless the recheck or shutdown path left it open
+	e.sess.Close() // no-op unless shutdown left it open
 	s.remove(e)
 	s.opts.Registrar.TunnelClosed(e.id)
-	st := sess.Stats()
+	st := e.sess.Stats()
 	s.stats.closed.Add(1)
 	s.stats.mu.Lock()
 	addStats(&s.stats.ended, st)
 	s.stats.mu.Unlock()
-	log.Info("tunnel closed", "reason", sess.Err(), "duration", time.Since(e.opened).Round(time.Millisecond),
+	s.logger(e).Info("tunnel closed", "reason", e.sess.Err(), "duration", time.Since(e.opened).Round(time.Millisecond),
 		"streams", st.StreamsOpened+st.StreamsAccepted, "bytes_in", st.BytesIn, "bytes_out", st.BytesOut)
 }
 
@@ -334,8 +407,8 @@ func newTunnelID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// add registers e unless the node is draining or closed; it takes a
-// WaitGroup slot for the tunnel's handler.
+// add registers e and schedules its first recheck, unless the node is
+// draining or closed; it takes a WaitGroup slot for the tunnel's watch.
 func (s *Server) add(e *entry) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -346,12 +419,23 @@ func (s *Server) add(e *entry) bool {
 	s.byAgent[e.agentID] = append(s.byAgent[e.agentID], e)
 	s.count++
 	s.notifyLocked()
+	half := s.opts.RecheckInterval / 2
+	s.scheduleLocked(e, e.opened.Add(half+mrand.N(half+1)))
+	if !s.looping {
+		s.looping = true
+		s.wg.Add(1)
+		go s.recheckLoop()
+	}
 	return true
 }
 
 func (s *Server) remove(e *entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	e.gone = true
+	if e.hidx >= 0 {
+		heap.Remove(&s.rechecks, e.hidx)
+	}
 	list := s.byAgent[e.agentID]
 	i := slices.Index(list, e)
 	if i < 0 {
@@ -370,6 +454,110 @@ func (s *Server) remove(e *entry) {
 func (s *Server) notifyLocked() {
 	close(s.changed)
 	s.changed = make(chan struct{})
+}
+
+// scheduleLocked queues e's next recheck at t, waking the loop when it
+// is now the earliest.
+func (s *Server) scheduleLocked(e *entry, t time.Time) {
+	e.next = t
+	heap.Push(&s.rechecks, e)
+	if e.hidx == 0 {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// recheckLoop starts the rechecks that are due, at most maxRechecks at a
+// time, and sleeps until the next one; it runs from the first tunnel
+// until Close.
+func (s *Server) recheckLoop() {
+	defer s.wg.Done()
+	sem := make(chan struct{}, maxRechecks)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		now := time.Now()
+		var due []*entry
+		for len(s.rechecks) > 0 && !s.rechecks[0].next.After(now) {
+			due = append(due, heap.Pop(&s.rechecks).(*entry))
+		}
+		wait := time.Hour
+		if len(s.rechecks) > 0 {
+			wait = s.rechecks[0].next.Sub(now)
+		}
+		s.mu.Unlock()
+		for _, e := range due {
+			select {
+			case sem <- struct{}{}:
+			case <-s.ctx.Done():
+				return
+			}
+			s.wg.Go(func() {
+				defer func() { <-sem }()
+				s.recheck(e)
+			})
+		}
+		if len(due) > 0 {
+			continue // time passed while starting them
+		}
+		timer.Reset(wait)
+		select {
+		case <-timer.C:
+		case <-s.wake:
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+// recheck asks whether e's token is still valid: a refusal closes the
+// tunnel (watch unregisters it), anything else schedules the next check.
+func (s *Server) recheck(e *entry) {
+	ctx, cancel := context.WithTimeout(s.ctx, s.opts.AuthTimeout)
+	_, err := s.opts.Auth.Valid(ctx, e.token)
+	cancel()
+	switch {
+	case errors.Is(err, discovery.ErrUnauthenticated):
+		s.stats.revoked.Add(1)
+		s.logger(e).Warn("agent token no longer valid: closing tunnel", "err", err)
+		e.sess.Close()
+		return
+	case err != nil && s.ctx.Err() == nil:
+		s.logger(e).Warn("cannot recheck the agent token; keeping the tunnel", "err", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !e.gone {
+		s.scheduleLocked(e, time.Now().Add(s.opts.RecheckInterval))
+	}
+}
+
+// recheckQueue is a min-heap of tunnels by due recheck (container/heap).
+type recheckQueue []*entry
+
+func (q recheckQueue) Len() int           { return len(q) }
+func (q recheckQueue) Less(i, j int) bool { return q[i].next.Before(q[j].next) }
+func (q recheckQueue) Swap(i, j int) {
+	q[i], q[j] = q[j], q[i]
+	q[i].hidx, q[j].hidx = i, j
+}
+
+func (q *recheckQueue) Push(x any) {
+	e := x.(*entry)
+	e.hidx = len(*q)
+	*q = append(*q, e)
+}
+
+func (q *recheckQueue) Pop() any {
+	old := *q
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	e.hidx = -1
+	*q = old[:len(old)-1]
+	return e
 }
 
 // Open opens a stream to the agent on one of its tunnels here: the one with
@@ -498,7 +686,7 @@ func (s *Server) Wait(ctx context.Context) error {
 }
 
 // Close refuses new tunnels, closes every open one at once and waits for
-// their handlers to finish. It is idempotent.
+// them to be unregistered and for rechecks in flight. It is idempotent.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.closed = true
@@ -530,8 +718,9 @@ type Stats struct {
 	Accepted uint64
 	// RefusedUnauthenticated counts handshakes without a valid token (401).
 	RefusedUnauthenticated uint64
-	// RefusedUnavailable counts handshakes refused because the control
-	// plane could not check the token (503).
+	// RefusedUnavailable counts handshakes refused because the token could
+	// not be checked in time: the control plane did not answer, or too many
+	// handshakes were waiting for a check (503).
 	RefusedUnavailable uint64
 	// RefusedDraining counts handshakes refused while draining (503).
 	RefusedDraining uint64

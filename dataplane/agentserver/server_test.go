@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -24,10 +25,18 @@ type env struct {
 	url   string
 	reg   *discovery.Registrar
 	token string
+	tokID int64
 	agent int64
 }
 
 func start(t *testing.T) *env {
+	t.Helper()
+	return startWith(t, discovery.AuthenticatorOptions{}, Options{}, nil)
+}
+
+// startWith is start with authenticator and server options; the clients,
+// IDs and registrar are filled in. wrap, if set, wraps the authenticator.
+func startWith(t *testing.T, ao discovery.AuthenticatorOptions, so Options, wrap func(Authenticator) Authenticator) *env {
 	t.Helper()
 	cp := cptest.Start(t)
 	ctx := context.Background()
@@ -39,7 +48,8 @@ func start(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	auth, err := discovery.NewAgentAuthenticator(discovery.AuthenticatorOptions{Auth: cp.Auth})
+	ao.Auth = cp.Auth
+	auth, err := discovery.NewAgentAuthenticator(ao)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,22 +62,32 @@ func start(t *testing.T) *env {
 	done := make(chan struct{})
 	go func() { defer close(done); reg.Run(rctx) }()
 	t.Cleanup(func() { stop(); <-done })
-	srv, err := New(Options{NodeID: "n1", Auth: auth, Registrar: reg})
+	so.NodeID, so.Auth, so.Registrar = "n1", auth, reg
+	if wrap != nil {
+		so.Auth = wrap(auth)
+	}
+	srv, err := New(so)
 	if err != nil {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(srv)
 	t.Cleanup(func() { srv.Close(); hs.Close() })
 	return &env{cp: cp, srv: srv, url: "ws" + strings.TrimPrefix(hs.URL, "http") + Path, reg: reg,
-		token: tok.GetSecret(), agent: a.GetAgent().GetId()}
+		token: tok.GetSecret(), tokID: tok.GetToken().GetId(), agent: a.GetAgent().GetId()}
 }
 
 // dial opens an agent-side session that accepts (and holds) every stream,
 // counting them in accepted, and waits until the server registered it.
 func (e *env) dial(t *testing.T, accepted *atomic.Int64) *tunnel.Session {
 	t.Helper()
+	return e.dialWith(t, e.token, accepted)
+}
+
+// dialWith is dial with another token.
+func (e *env) dialWith(t *testing.T, token string, accepted *atomic.Int64) *tunnel.Session {
+	t.Helper()
 	before := e.srv.Tunnels()
-	h := http.Header{"Authorization": {"Bearer " + e.token}, HeaderAgentVersion: {"v1"}}
+	h := http.Header{"Authorization": {"Bearer " + token}, HeaderAgentVersion: {"v1"}}
 	s, err := tunnel.Dial(context.Background(), e.url, h, tunnel.DialOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -186,6 +206,158 @@ func TestShutdownClosesIdleTunnelsAndRefusesNewOnes(t *testing.T) {
 	st2 := e.srv.Stats()
 	if st2.Accepted != 2 || st2.RefusedDraining != 1 || st2.Closed != 2 || st2.Streams.StreamsOpened != 1 || st2.Streams.StreamsClosed != 1 {
 		t.Errorf("stats %+v", st2)
+	}
+}
+
+// Rechecks close the tunnel of a revoked token within the authenticator's
+// cache TTL plus the recheck interval, and keep the others.
+func TestRecheckClosesTunnelsOfRevokedTokensOnly(t *testing.T) {
+	const allow, recheck = 100 * time.Millisecond, 100 * time.Millisecond
+	e := startWith(t, discovery.AuthenticatorOptions{AllowTTL: allow, DenyTTL: allow}, Options{RecheckInterval: recheck}, nil)
+	ctx := context.Background()
+	other, err := e.cp.Agents.CreateAgentToken(ctx, &mgmtv1.CreateAgentTokenRequest{AgentId: e.agent, Name: "other"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted atomic.Int64
+	kept := e.dialWith(t, other.GetSecret(), &accepted)
+	doomed := e.dial(t, &accepted)
+	revoked := time.Now()
+	if _, err := e.cp.Agents.RevokeAgentToken(ctx, &mgmtv1.RevokeAgentTokenRequest{TokenId: e.tokID}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-doomed.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the revoked token's tunnel is still open")
+	}
+	if took := time.Since(revoked); took > allow+recheck+time.Second {
+		t.Errorf("the revoked token's tunnel closed after %v, bound %v", took, allow+recheck)
+	}
+	waitFor(t, "the revoked tunnel unregistered", func() bool { return e.srv.Tunnels() == 1 })
+	// The valid token's tunnel lives through several more rechecks.
+	misses := func() uint64 { return e.srv.opts.Auth.(*discovery.AgentAuthenticator).Stats().Misses }
+	m := misses()
+	waitFor(t, "three more rechecks", func() bool { return misses() >= m+3 })
+	select {
+	case <-kept.Done():
+		t.Fatalf("the valid token's tunnel closed: %v", kept.Err())
+	default:
+	}
+	if st := e.srv.Stats(); st.Revoked != 1 || st.Closed != 1 || st.Tunnels != 1 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// An idle tunnel keeps no handler goroutine and no recheck goroutine of
+// its own: its session's reader, one watch goroutine, and a shared
+// recheck loop.
+func TestIdleTunnelsKeepOneGoroutineHere(t *testing.T) {
+	e := start(t)
+	const n = 20
+	var accepted atomic.Int64
+	for range n {
+		e.dial(t, &accepted)
+	}
+	// count returns how many goroutines run a function of this package
+	// whose name starts with fn (a frame, not a "created by" line).
+	count := func(fn string) int {
+		buf := make([]byte, 1<<22)
+		buf = buf[:runtime.Stack(buf, true)]
+		c := 0
+		for g := range strings.SplitSeq(string(buf), "\n\n") {
+			for line := range strings.Lines(g) {
+				if strings.HasPrefix(line, "github.com/kas-project/kas/dataplane/agentserver."+fn) {
+					c++
+					break
+				}
+			}
+		}
+		return c
+	}
+	waitFor(t, "every handler returned", func() bool { return count("(*Server).serveTunnel") == 0 })
+	if got := count("(*Server).watch"); got != n {
+		t.Errorf("%d watch goroutines for %d tunnels", got, n)
+	}
+	if got := count("(*Server).recheckLoop"); got != 1 {
+		t.Errorf("%d recheck loops", got)
+	}
+	e.srv.Close()
+	if got := count("(*Server)"); got != 0 {
+		t.Errorf("%d goroutines of this package left after Close", got)
+	}
+}
+
+// gatedAuth holds every token check until the test lets it through, and
+// records how many run at once.
+type gatedAuth struct {
+	Authenticator
+	gate           chan struct{}
+	inflight, peak atomic.Int64
+}
+
+func (g *gatedAuth) Valid(ctx context.Context, token string) (discovery.AgentInfo, error) {
+	n := g.inflight.Add(1)
+	for p := g.peak.Load(); n > p && !g.peak.CompareAndSwap(p, n); p = g.peak.Load() {
+	}
+	<-g.gate
+	defer g.inflight.Add(-1)
+	return g.Authenticator.Valid(ctx, token)
+}
+
+func gated(g *gatedAuth) func(Authenticator) Authenticator {
+	return func(a Authenticator) Authenticator {
+		g.Authenticator = a
+		return g
+	}
+}
+
+// A storm of handshakes reaches the control plane MaxTokenChecks at a time.
+func TestHandshakeTokenChecksAreBounded(t *testing.T) {
+	g := &gatedAuth{gate: make(chan struct{})}
+	e := startWith(t, discovery.AuthenticatorOptions{}, Options{MaxTokenChecks: 2}, gated(g))
+	const n = 6
+	h := http.Header{"Authorization": {"Bearer " + e.token}}
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			s, err := tunnel.Dial(context.Background(), e.url, h, tunnel.DialOptions{})
+			if err == nil {
+				t.Cleanup(func() { s.Close() })
+			}
+			errs <- err
+		}()
+	}
+	for i := range n {
+		waitFor(t, "a full set of checks", func() bool { return g.inflight.Load() >= int64(min(2, n-i)) })
+		g.gate <- struct{}{}
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if p := g.peak.Load(); p != 2 {
+		t.Errorf("%d token checks ran at once, want 2", p)
+	}
+	waitFor(t, "every tunnel registered", func() bool { return e.srv.Tunnels() == n })
+}
+
+// A handshake that finds no free check slot within AuthTimeout is refused
+// with a retryable 503.
+func TestHandshakeWithoutCheckSlotIsRefused(t *testing.T) {
+	g := &gatedAuth{gate: make(chan struct{})}
+	e := startWith(t, discovery.AuthenticatorOptions{}, Options{MaxTokenChecks: 1, AuthTimeout: 300 * time.Millisecond}, gated(g))
+	defer close(g.gate)
+	h := http.Header{"Authorization": {"Bearer " + e.token}}
+	go tunnel.Dial(context.Background(), e.url, h, tunnel.DialOptions{}) // holds the only slot
+	waitFor(t, "the slot taken", func() bool { return g.inflight.Load() == 1 })
+	_, err := tunnel.Dial(context.Background(), e.url, h, tunnel.DialOptions{})
+	if err == nil || !strings.Contains(err.Error(), "503") || !strings.Contains(err.Error(), msgBusy) {
+		t.Errorf("handshake without a check slot: %v", err)
+	}
+	if st := e.srv.Stats(); st.RefusedUnavailable != 1 {
+		t.Errorf("stats %+v", st)
 	}
 }
 

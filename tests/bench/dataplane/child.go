@@ -102,6 +102,12 @@ func memAnswer() string {
 	return fmt.Sprintf("%d %d %d %d", m.HeapInuse, m.StackInuse, rss(), runtime.NumGoroutine())
 }
 
+// openFDs returns the number of the process's open file descriptors.
+func openFDs() int {
+	fds, _ := os.ReadDir("/proc/self/fd")
+	return len(fds)
+}
+
 // rss returns the process's resident set size from /proc/self/status.
 func rss() int64 {
 	b, err := os.ReadFile("/proc/self/status")
@@ -151,12 +157,25 @@ func runNode(c nodeConfig, in *bufio.Scanner) error {
 		case "mem":
 			return memAnswer(), nil
 		case "stats":
-			return fmt.Sprintf("%d %d %d", n.Tunnels(), logs.warns.Load(), logs.errs.Load()), nil
+			return fmt.Sprintf("%d %d %d %d", n.Tunnels(), logs.warns.Load(), logs.errs.Load(), openFDs()), nil
 		case "profile":
 			if len(cmd) != 2 {
 				return "", errors.New("usage: profile <directory>")
 			}
 			return "written", writeProfiles(cmd[1], c.NodeID)
+		case "cpuprofile":
+			if len(cmd) != 2 {
+				return "", errors.New("usage: cpuprofile <directory>|stop")
+			}
+			if cmd[1] == "stop" {
+				pprof.StopCPUProfile()
+				return "stopped", nil
+			}
+			f, err := os.Create(filepath.Join(cmd[1], c.NodeID+"-cpu.pprof"))
+			if err != nil {
+				return "", err
+			}
+			return "started", pprof.StartCPUProfile(f)
 		}
 		return "", fmt.Errorf("unknown command")
 	})

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -24,13 +26,14 @@ type memDelta struct {
 }
 
 type perTunnel struct {
-	heapStack, rss, goroutines float64
+	heapStack, stack, rss, goroutines float64
 }
 
 func (d memDelta) perTunnel() perTunnel {
 	n := float64(d.n)
 	return perTunnel{
 		heapStack:  float64(d.after.heapInuse+d.after.stackInuse-d.before.heapInuse-d.before.stackInuse) / n,
+		stack:      float64(d.after.stackInuse-d.before.stackInuse) / n,
 		rss:        float64(d.after.rss-d.before.rss) / n,
 		goroutines: float64(d.after.goroutines-d.before.goroutines) / n,
 	}
@@ -161,7 +164,22 @@ func measureFleet(ctx context.Context, cp *cpEnv, c config) (res fleetResult, er
 	if err := agents.start(); err != nil {
 		return res, err
 	}
-	if res.initial, err = waitRouted(ctx, cp, "node-a", c.agents, t0, c.storm); err != nil {
+	progress := func(node *proc) func(int) {
+		return func(routed int) {
+			msg := fmt.Sprintf("%v: %d agents routed to %s", time.Since(t0).Round(time.Second), routed, node.name)
+			if v, err := node.callInts("stats", 10*time.Second); err == nil {
+				msg += fmt.Sprintf("; it holds %d tunnels, %d fds, logged %d warnings", v[0], v[3], v[1])
+			}
+			if v, err := agents.sum("count"); err == nil {
+				msg += fmt.Sprintf("; %d agents have a tunnel", v[0])
+			}
+			if v, err := agents.sum("stats"); err == nil {
+				msg += fmt.Sprintf("; handshakes refused %d, failed %d", v[0], v[1])
+			}
+			fmt.Fprintln(os.Stderr, msg)
+		}
+	}
+	if res.initial, err = waitRouted(ctx, cp, "node-a", c.agents, t0, c.storm, progress(nodeA)); err != nil {
 		return res, err
 	}
 	if v, err := agents.sum("stats"); err == nil {
@@ -187,15 +205,37 @@ func measureFleet(ctx context.Context, cp *cpEnv, c config) (res fleetResult, er
 		res.notes = append(res.notes, fmt.Sprintf("node A held %d tunnels for %d agents when measured", res.kasMem.n, c.agents))
 	}
 
+	if c.profileDir != "" {
+		// CPU profiles of the reconnect storm: node B's, and this
+		// process's (the control plane).
+		if _, err := nodeB.call("cpuprofile "+c.profileDir, time.Minute); err != nil {
+			return res, err
+		}
+		f, err := os.Create(filepath.Join(c.profileDir, "controlplane-cpu.pprof"))
+		if err != nil {
+			return res, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return res, err
+		}
+	}
 	fmt.Fprintf(os.Stderr, "killing node A\n")
 	tKill := time.Now()
 	nodeA.kill()
-	if res.reconnect, err = waitRouted(ctx, cp, "node-b", c.agents, tKill, c.storm); err != nil {
+	t0 = tKill
+	if res.reconnect, err = waitRouted(ctx, cp, "node-b", c.agents, tKill, c.storm, progress(nodeB)); err != nil {
 		return res, err
 	}
 	if v, err := agents.sum("stats"); err == nil {
 		r, i := &res.reconnect, res.initial
 		r.refused, r.failed, r.noBackend = v[0]-i.refused, v[1]-i.failed, v[2]-i.noBackend
+	}
+	if c.profileDir != "" {
+		pprof.StopCPUProfile()
+		if _, err := nodeB.call("cpuprofile stop", time.Minute); err != nil {
+			return res, err
+		}
 	}
 	if !res.reconnect.complete {
 		res.notes = append(res.notes, fmt.Sprintf("not every agent was routed to node B within %v", c.storm))
@@ -263,11 +303,16 @@ func rawMemory(ctx context.Context, c config, creds []cred) (memDelta, error) {
 // for n agents (or bound passes) and returns, from each agent's
 // registration time (the control plane's clock), how long after start
 // they were routed.
-func waitRouted(ctx context.Context, cp *cpEnv, node string, n int, start time.Time, bound time.Duration) (routing, error) {
+func waitRouted(ctx context.Context, cp *cpEnv, node string, n int, start time.Time, bound time.Duration, progress func(routed int)) (routing, error) {
 	var r routing
+	lastReport := time.Now()
 	err := waitFor(bound, func() bool {
 		var got int
 		err := cp.pool.QueryRow(ctx, `SELECT count(DISTINCT agent_id) FROM tunnels WHERE node_id = $1 AND open`, node).Scan(&got)
+		if time.Since(lastReport) >= 5*time.Second {
+			lastReport = time.Now()
+			progress(got)
+		}
 		return err == nil && got >= n
 	})
 	r.complete = err == nil

@@ -62,7 +62,7 @@ func main() {
 	flag.BoolVar(&c.short, "short", os.Getenv("KAS_BENCH_SHORT") == "1", "1,000 agents and fewer samples, well under a minute (also KAS_BENCH_SHORT=1)")
 	flag.IntVar(&c.agents, "agents", 0, "agents in the fleet rows (default 10,000; 1,000 with -short)")
 	flag.IntVar(&c.samples, "samples", 0, "requests per latency variant (default 10,000; 2,000 with -short)")
-	flag.StringVar(&c.profileDir, "profile", "", "write node A's heap and goroutine profiles, with every agent connected, into this directory")
+	flag.StringVar(&c.profileDir, "profile", "", "write profiles into this directory: node A's heap and goroutines with every agent connected; node B's and the control plane's CPU during the reconnect")
 	flag.Parse()
 	if c.agents == 0 {
 		c.agents = 10000
@@ -146,6 +146,7 @@ func report(out io.Writer, c config, lat latencyResult, fl fleetResult) bool {
 	base := fl.rawMem.perTunnel()
 	fmt.Fprintf(w, "node memory/idle tunnel (heap+stack), %d\traw WS %s\t%.2f (%s)\t≤ 64 KiB %s\n", c.agents,
 		kib(base.heapStack), per.heapStack/base.heapStack, kib(per.heapStack), verdict(per.heapStack <= goalMemPerTunnel))
+	fmt.Fprintf(w, "  of which goroutine stacks\traw WS %s\t%.2f (%s)\t-\n", kib(base.stack), per.stack/base.stack, kib(per.stack))
 	fmt.Fprintf(w, "node memory/idle tunnel (RSS), %d\traw WS %s\t%.2f (%s)\t-\n", c.agents,
 		kib(base.rss), per.rss/base.rss, kib(per.rss))
 	fmt.Fprintf(w, "node goroutines/idle tunnel\traw WS %.2f\t%.2f\t-\n", base.goroutines, per.goroutines)

@@ -123,7 +123,7 @@ func (s *Server) Handler() http.Handler {
 		authn.NewVerifier(s.opts.APISecretKey, authn.IssuerRails, authn.AudienceManagement, s.opts.ExtraAPISecretKeys...)))
 	dp := connect.WithInterceptors(authn.ServerInterceptor(
 		authn.NewVerifier(s.opts.PrivateAPISecretKey, authn.IssuerDataplane, authn.AudienceDataplane, s.opts.ExtraPrivateAPISecretKeys...)))
-	limits := connect.WithReadMaxBytes(1 << 20)
+	limits := connect.WithReadMaxBytes(maxMessage)
 
 	mux := http.NewServeMux()
 	mux.Handle(managementv1connect.NewAgentServiceHandler(&agentService{Server: s}, mgmt, limits))
@@ -143,8 +143,18 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
 	mux.Handle(grpchealth.NewHandler(&healthChecker{s, names}))
-	return mux
+	// Connect reads the rest of an oversized body to report its size, and
+	// it reads the body before the interceptors check the token: bound what
+	// any caller, authenticated or not, can make the server read.
+	return http.MaxBytesHandler(mux, maxBody)
 }
+
+// maxMessage bounds a request message; maxBody a request body (a message,
+// compressed or not, plus framing).
+const (
+	maxMessage = 1 << 20
+	maxBody    = maxMessage + 64<<10
+)
 
 type healthChecker struct {
 	s     *Server

@@ -1,6 +1,7 @@
 // Command kas is the agent server for Kubernetes: `kas controlplane` serves
-// the control-plane API over Postgres. main handles signals and the exit
-// code; everything else is in package app.
+// the control-plane API over Postgres, `kas dataplane` runs a dataplane
+// node, and `kas all` runs both in one process. main handles signals and
+// the exit code; everything else is in package app.
 package main
 
 import (
@@ -19,7 +20,7 @@ func main() {
 		<-ctx.Done()
 		stop() // a second signal kills at once
 	}()
-	code := app.CLI{Stdout: os.Stdout, Stderr: os.Stderr, SetDefaultLogger: slog.SetDefault}.Run(ctx, os.Args[1:])
+	code := app.CLI{Stdout: os.Stdout, Stderr: os.Stderr, SetDefaultLogger: slog.SetDefault, Program: os.Args[0]}.Run(ctx, os.Args[1:])
 	stop()
 	os.Exit(code)
 }

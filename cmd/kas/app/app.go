@@ -1,7 +1,7 @@
 // Package app is the kas binary's application: the command line (CLI) and
-// Server, which runs a role (the control plane or a dataplane node; the
-// all-in-one role later) with its database, API and observability
-// listeners. main and the tests use the same Server: New, Run(ctx), Close.
+// Server, which runs a role (the control plane, a dataplane node, or both in
+// one process: kas all) with its database, API and observability listeners.
+// main and the tests use the same Server: New, Run(ctx), Close.
 package app
 
 import (
@@ -26,24 +26,36 @@ import (
 
 // Options configure a Server.
 type Options struct {
-	// Role is what to run: config.RoleControlplane or config.RoleDataplane.
+	// Role is what to run: config.RoleControlplane, config.RoleDataplane,
+	// or config.RoleAll (both, the node calling the control plane through
+	// its listener).
 	Role config.Role
 	// Config is the loaded configuration; New validates it for Role (and,
 	// on the embedded database, fills in the generated key files).
 	Config *config.Config
 	// Logger receives every log record; default discard.
 	Logger *slog.Logger
+	// Started, when set, is called once from Run when the role serves:
+	// its listeners accept and, with a dataplane, the node is registered
+	// with the control plane.
+	Started func()
 }
 
 // Server is a running kas role: its database, servers and listeners.
 type Server struct {
 	log       *slog.Logger
+	cfg       *config.Config
+	started   func()
 	reg       *prometheus.Registry
 	db        *database // nil without a control plane
 	cp        *controlplane.Server
 	node      *dataplane.Node // nil without a dataplane
 	servers   []*server
 	readiness []func(context.Context) error
+	// dpAddrs are the dataplane's listener addresses, by setting.
+	dpAddrs map[string]net.Addr
+	// proxyCA is the proxy's self-signed certificate (kas all), or "".
+	proxyCA string
 }
 
 // server is one HTTP server with its listener.
@@ -64,22 +76,29 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	cfg := o.Config
-	if o.Role != config.RoleControlplane && o.Role != config.RoleDataplane {
-		return nil, fmt.Errorf("role %s is not implemented yet", o.Role)
+	if !o.Role.UsesControlplane() && !o.Role.UsesDataplane() {
+		return nil, fmt.Errorf("role %s does not serve", o.Role)
 	}
 	if err := cfg.Validate(o.Role); err != nil {
 		return nil, &ConfigError{err}
 	}
-	s := &Server{log: log, reg: obs.NewRegistry()}
+	s := &Server{log: log, cfg: cfg, started: o.Started, reg: obs.NewRegistry()}
 	defer func() {
 		if err != nil {
 			s.Close()
 		}
 	}()
-	// Each part adds its servers and readiness check; the dataplane (and
-	// with both, the all-in-one role) will add its own here.
+	// Each part adds its servers and readiness check. The control plane
+	// comes first: the embedded database refuses a second kas on its data
+	// directory before any port is taken, and the all-in-one node needs
+	// the control plane's address.
 	if o.Role.UsesControlplane() {
 		if err := s.newControlplane(ctx, cfg, o.Role); err != nil {
+			return nil, err
+		}
+	}
+	if o.Role == config.RoleAll {
+		if err := s.prepareDataplaneForAll(cfg); err != nil {
 			return nil, err
 		}
 	}
@@ -158,11 +177,18 @@ func (s *Server) addServer(name string, l config.Listen, h http.Handler) error {
 }
 
 // Addr returns the address of the listener configured by setting (for
-// example "controlplane.listen"), or nil.
+// example "controlplane.listen" or "dataplane.agent.listen"), or nil.
 func (s *Server) Addr(setting string) net.Addr {
+	if srv := s.server(setting); srv != nil {
+		return srv.l.Addr()
+	}
+	return s.dpAddrs[setting]
+}
+
+func (s *Server) server(name string) *server {
 	for _, srv := range s.servers {
-		if srv.name == setting {
-			return srv.l.Addr()
+		if srv.name == name {
+			return srv
 		}
 	}
 	return nil
@@ -188,6 +214,17 @@ func (s *Server) Run(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("%s: %w", srv.name, err)
 			}
+			return nil
+		})
+	}
+	if s.started != nil {
+		g.Go(func() error {
+			if s.node != nil {
+				if err := s.node.WaitSynced(gctx); err != nil {
+					return nil // stopped before the node registered
+				}
+			}
+			s.started()
 			return nil
 		})
 	}

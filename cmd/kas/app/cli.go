@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 
@@ -33,6 +34,10 @@ func version() string {
 const usage = `Usage: kas [flags] <command> [flags]
 
 Commands:
+  all                  the control plane and a dataplane node in one process, on the
+                       embedded PostgreSQL by default: agents :8150, observability :8151,
+                       API :8153, Kubernetes API proxy :8154, private API 127.0.0.1:8155.
+                       Prints the commands that connect a first cluster
   controlplane         serve the control-plane API (default :8153) and
                        observability (/metrics, /livez, /readyz; default :8151)
   controlplane gc      delete expired dataplane nodes and their tunnels now
@@ -68,6 +73,9 @@ type CLI struct {
 	// SetDefaultLogger, when set, receives the configured logger (main
 	// passes slog.SetDefault).
 	SetDefaultLogger func(*slog.Logger)
+	// Program is the path kas was invoked by (os.Args[0]); kas all prints
+	// kasctl and agentk commands next to it (bin/kas → bin/kasctl).
+	Program string
 }
 
 // common are the flags every command accepts.
@@ -187,6 +195,16 @@ func (cli CLI) run(ctx context.Context, args []string) error {
 		default:
 			return usageError{fmt.Sprintf("controlplane: unknown subcommand %q", rest[0])}
 		}
+	case "all":
+		fs := newFlagSet("all")
+		c.register(fs)
+		if err := parse(fs, args); err != nil {
+			return err
+		}
+		if len(fs.Args()) > 0 {
+			return usageError{fmt.Sprintf("all: unexpected argument %q", fs.Arg(0))}
+		}
+		return cli.serve(ctx, c, config.RoleAll)
 	case "dataplane":
 		fs := newFlagSet("dataplane")
 		c.register(fs)
@@ -291,13 +309,33 @@ func (cli CLI) serve(ctx context.Context, c common, role config.Role) error {
 		return err
 	}
 	log = log.With("role", role.String())
-	s, err := New(ctx, Options{Role: role, Config: cfg, Logger: log})
+	o := Options{Role: role, Config: cfg, Logger: log}
+	var s *Server
+	if role == config.RoleAll {
+		o.Started = func() { fmt.Fprint(cli.Stdout, cli.welcome(s).Text()) }
+	}
+	s, err = New(ctx, o)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
 	log.Info("kas started", "version", version())
 	return s.Run(ctx)
+}
+
+// welcome describes the running all-in-one server s.
+func (cli CLI) welcome(s *Server) welcome {
+	w := welcome{Endpoints: s.Endpoints(), Username: exampleUsername()}
+	w.Kasctl, w.Agentk = siblingBinaries(cli.Program)
+	if s.node != nil {
+		w.NodeID = s.node.ID()
+	}
+	db := s.cfg.Database
+	if db.Embedded() {
+		w.DataDir = db.DataDir
+	}
+	w.StateDir = filepath.Dir(filepath.Clean(db.DataDir))
+	return w
 }
 
 func (cli CLI) migrate(ctx context.Context, c common, status bool) error {

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 
 	"golang.org/x/sync/errgroup"
@@ -41,6 +42,11 @@ func (s *Server) newDataplane(cfg *config.Config) error {
 		agentL.Close()
 		privateL.Close()
 		return err
+	}
+	s.dpAddrs = map[string]net.Addr{
+		"dataplane.agent.listen":          agentL.Addr(),
+		"dataplane.private_api.listen":    privateL.Addr(),
+		"dataplane.kubernetes_api.listen": proxyL.Addr(),
 	}
 	o := d.OwnPrivateAPI
 	s.node, err = dataplane.New(dataplane.Options{

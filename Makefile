@@ -8,7 +8,7 @@ SHELL := bash
 export PATH := $(CURDIR)/.bin:$(PATH)
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X github.com/kas-project/kas/cmd/kas/app.Version=$(VERSION)
+LDFLAGS := -X github.com/kas-project/kas/cmd/kas/app.Version=$(VERSION) -X main.Version=$(VERSION)
 # Per test binary; the whole suite takes a few minutes.
 TEST_TIMEOUT ?= 20m
 # make bench BENCH_SHORT=0 runs the full benchmarks.
@@ -39,12 +39,13 @@ check-generated: generate
 	fi
 
 build:
-	go build -ldflags '$(LDFLAGS)' -o bin/kas ./cmd/kas
+	go build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/kas ./cmd/kasctl ./cmd/agentk
 
-# The control plane on the embedded database (.kas/postgres) with generated
-# keys (.kas/secrets): API on :8153, /metrics /livez /readyz on :8151.
+# kas all: the control plane and a dataplane node on the embedded database
+# (.kas/postgres) with generated keys (.kas/secrets). It prints the
+# bin/kasctl and bin/agentk commands that connect a cluster.
 run: tools build
-	bin/kas controlplane
+	bin/kas all
 
 # KAS_REQUIRE_CLIENTS=1: the Ruby and grpcurl client tests fail instead of
 # skipping when a client is missing.

@@ -1,8 +1,10 @@
 package controlplane
 
 import (
+	"compress/gzip"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"time"
@@ -123,7 +125,8 @@ func (s *Server) Handler() http.Handler {
 		authn.NewVerifier(s.opts.APISecretKey, authn.IssuerRails, authn.AudienceManagement, s.opts.ExtraAPISecretKeys...)))
 	dp := connect.WithInterceptors(authn.ServerInterceptor(
 		authn.NewVerifier(s.opts.PrivateAPISecretKey, authn.IssuerDataplane, authn.AudienceDataplane, s.opts.ExtraPrivateAPISecretKeys...)))
-	limits := connect.WithReadMaxBytes(maxMessage)
+	limits := connect.WithHandlerOptions(connect.WithReadMaxBytes(maxMessage),
+		connect.WithCompression("gzip", newBoundedGzip, func() connect.Compressor { return gzip.NewWriter(io.Discard) }))
 
 	mux := http.NewServeMux()
 	mux.Handle(managementv1connect.NewAgentServiceHandler(&agentService{Server: s}, mgmt, limits))
@@ -155,6 +158,33 @@ const (
 	maxMessage = 1 << 20
 	maxBody    = maxMessage + 64<<10
 )
+
+// boundedGzip inflates request messages, but no more than maxMessage+1
+// bytes of each: past the limit Connect reads on to report the size, and a
+// 1 MiB gzip body inflates to 1 GiB, all before the token is checked.
+type boundedGzip struct {
+	zr   gzip.Reader
+	left int64
+}
+
+func newBoundedGzip() connect.Decompressor { return &boundedGzip{} }
+
+func (b *boundedGzip) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, errors.New("inflated message too large")
+	}
+	p = p[:min(int64(len(p)), b.left)]
+	n, err := b.zr.Read(p)
+	b.left -= int64(n)
+	return n, err
+}
+
+func (b *boundedGzip) Reset(r io.Reader) error {
+	b.left = maxMessage + 1
+	return b.zr.Reset(r)
+}
+
+func (b *boundedGzip) Close() error { return b.zr.Close() }
 
 type healthChecker struct {
 	s     *Server

@@ -141,12 +141,16 @@ func (s *Server) newControlplane(ctx context.Context, cfg *config.Config, role c
 			s.log.Info("database migrated", "applied", n)
 		}
 	}
+	logRotation(s.log, "api_secret_key_file", cfg.ExtraAPISecretKeys)
+	logRotation(s.log, "private_api_secret_key_file", cfg.ExtraPrivateAPISecretKeys)
 	s.cp, err = controlplane.New(controlplane.Options{
-		Pool:                s.db.pool,
-		APISecretKey:        cfg.APISecretKey,
-		PrivateAPISecretKey: cfg.PrivateAPISecretKey,
-		LeaseTTL:            cfg.Controlplane.LeaseTTL,
-		Logger:              s.log,
+		Pool:                      s.db.pool,
+		APISecretKey:              cfg.APISecretKey,
+		PrivateAPISecretKey:       cfg.PrivateAPISecretKey,
+		ExtraAPISecretKeys:        cfg.ExtraAPISecretKeys,
+		ExtraPrivateAPISecretKeys: cfg.ExtraPrivateAPISecretKeys,
+		LeaseTTL:                  cfg.Controlplane.LeaseTTL,
+		Logger:                    s.log,
 	})
 	if err != nil {
 		return fmt.Errorf("control plane: %w", err)
@@ -154,6 +158,15 @@ func (s *Server) newControlplane(ctx context.Context, cfg *config.Config, role c
 	s.readiness = append(s.readiness, s.cp.Ready)
 	api := obs.RequestIDs(obs.HTTPMetrics(s.reg, "controlplane", s.cp.Handler()))
 	return s.addServer("controlplane.listen", cfg.Controlplane.Listen, api)
+}
+
+// logRotation says that a key file holds extra keys, which stay accepted
+// until they are removed (key rotation; the keys themselves are not logged).
+func logRotation(log *slog.Logger, setting string, extra [][]byte) {
+	if len(extra) > 0 {
+		log.Warn("key rotation: the key file holds extra keys, which are still accepted; remove them when the rotation is over",
+			"setting", setting, "extra_keys", len(extra))
+	}
 }
 
 // ready is /readyz: every part must be ready.

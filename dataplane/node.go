@@ -185,6 +185,10 @@ func controlPlaneClient(raw string) (*http.Client, string, error) {
 		return nil, "", fmt.Errorf("%q is not a URL", raw)
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	// Keep as many idle connections as calls run at once (handshake token
+	// checks, rechecks, registrations, resolutions, proxy decisions), so
+	// that a reconnect storm does not open a connection per call.
+	tr.MaxIdleConnsPerHost = 2 * agentserver.DefaultMaxTokenChecks
 	switch u.Scheme {
 	case "http", "https":
 		if u.Host == "" {

@@ -181,7 +181,7 @@ type Server struct {
 	// checks holds a token per handshake whose token is being checked.
 	checks chan struct{}
 
-	// shutdown is closed by Shutdown: every tunnel's handler then shuts
+	// shutdown is closed by Shutdown: every tunnel's watch then shuts
 	// its session down gracefully, bounded by shutdownCtx.
 	shutdown     chan struct{}
 	shutdownCtx  context.Context

@@ -36,6 +36,7 @@ type cpEnv struct {
 	url        string
 	privateKey []byte
 	logs       *logCounter
+	conns      atomic.Int64 // connections accepted
 	agents     managementv1connect.AgentServiceClient
 	nodes      dataplanev1connect.NodeServiceClient
 }
@@ -81,6 +82,11 @@ func startControlPlane(ctx context.Context) (_ *cpEnv, err error) {
 		return nil, err
 	}
 	e.hs = listen.NewServer(srv.Handler(), nil)
+	e.hs.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			e.conns.Add(1)
+		}
+	}
 	go e.hs.Serve(ln)
 	e.url = "http://" + ln.Addr().String()
 

@@ -158,6 +158,7 @@ func measureFleet(ctx context.Context, cp *cpEnv, c config) (res fleetResult, er
 		return res, err
 	}
 	cpErrs0 := cp.logs.errs.Load()
+	conns0 := cp.conns.Load()
 
 	fmt.Fprintf(os.Stderr, "connecting %d agents to node A\n", c.agents)
 	t0 := time.Now()
@@ -220,6 +221,8 @@ func measureFleet(ctx context.Context, cp *cpEnv, c config) (res fleetResult, er
 			return res, err
 		}
 	}
+	res.notes = append(res.notes, fmt.Sprintf("control plane: %d connections accepted while %d agents connected", cp.conns.Load()-conns0, c.agents))
+	conns0 = cp.conns.Load()
 	fmt.Fprintf(os.Stderr, "killing node A\n")
 	tKill := time.Now()
 	nodeA.kill()
@@ -253,6 +256,7 @@ func measureFleet(ctx context.Context, cp *cpEnv, c config) (res fleetResult, er
 	res.deadGone = time.Since(tKill)
 
 	// Every agent must now resolve to node B, and only to it.
+	res.notes = append(res.notes, fmt.Sprintf("control plane: %d connections accepted while %d agents reconnected", cp.conns.Load()-conns0, c.agents))
 	resolveErrs, wrong := resolveAll(ctx, cp, creds, "node-b")
 	nb, err := nodeB.callInts("stats", time.Minute)
 	if err != nil {

@@ -38,6 +38,9 @@ type Options struct {
 	// PrivateAPISecretKey (32 bytes) signs the node's calls to the control
 	// plane and to other nodes, and verifies other nodes' calls.
 	PrivateAPISecretKey []byte
+	// ExtraPrivateAPISecretKeys verify other nodes' calls too, during a key
+	// rotation (32 bytes each); nothing signs with them.
+	ExtraPrivateAPISecretKeys [][]byte
 
 	// AgentListener (dataplane.agent.listen, 8150) and PrivateAPIListener
 	// (dataplane.private_api.listen, 8155) are opened by the caller, for
@@ -282,7 +285,7 @@ func New(opts Options) (_ *Node, err error) {
 		return nil, err
 	}
 	if n.relaySrv, err = relay.NewServer(relay.ServerOptions{
-		NodeID: opts.NodeID, Key: opts.PrivateAPISecretKey, Tunnels: n.agents,
+		NodeID: opts.NodeID, Key: opts.PrivateAPISecretKey, ExtraKeys: opts.ExtraPrivateAPISecretKeys, Tunnels: n.agents,
 		Logger: opts.Logger.With("component", "relay-server"),
 	}); err != nil {
 		return nil, err

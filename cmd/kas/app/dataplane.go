@@ -49,13 +49,17 @@ func (s *Server) newDataplane(cfg *config.Config) error {
 		"dataplane.kubernetes_api.listen": proxyL.Addr(),
 	}
 	o := d.OwnPrivateAPI
+	if s.cp == nil { // else the control plane's part said it already
+		logRotation(s.log, "private_api_secret_key_file", cfg.ExtraPrivateAPISecretKeys)
+	}
 	s.node, err = dataplane.New(dataplane.Options{
-		NodeID:              host,
-		Version:             version(),
-		ControlPlaneURL:     d.ControlplaneURL,
-		PrivateAPISecretKey: cfg.PrivateAPISecretKey,
-		AgentListener:       agentL,
-		PrivateAPIListener:  privateL,
+		NodeID:                    host,
+		Version:                   version(),
+		ControlPlaneURL:           d.ControlplaneURL,
+		PrivateAPISecretKey:       cfg.PrivateAPISecretKey,
+		ExtraPrivateAPISecretKeys: cfg.ExtraPrivateAPISecretKeys,
+		AgentListener:             agentL,
+		PrivateAPIListener:        privateL,
 		// The node closes the listeners, also when New fails.
 		KubernetesAPIListener: proxyL,
 		KubernetesAPI:         proxy.Options{PathPrefix: d.KubernetesAPI.PathPrefix},

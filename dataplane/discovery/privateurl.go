@@ -203,7 +203,8 @@ func urlFromCIDR(o PrivateURLOptions, scheme, port string) (string, error) {
 	var seen, matched []netip.Addr
 	for _, a := range addrs {
 		ip, ok := interfaceIP(a)
-		if !ok || slices.Contains(seen, ip) {
+		// A wildcard or multicast address is nothing another node can dial.
+		if !ok || ip.IsUnspecified() || ip.IsMulticast() || slices.Contains(seen, ip) {
 			continue
 		}
 		seen = append(seen, ip)

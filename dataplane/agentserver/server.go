@@ -66,6 +66,9 @@ const (
 var (
 	// ErrNoTunnel: the node holds no tunnel of the agent.
 	ErrNoTunnel = errors.New("no tunnel for the agent on this node")
+	// ErrHandshaking: the agent's tunnel is being set up on this node
+	// (its handshake passed authentication); retry shortly.
+	ErrHandshaking = errors.New("the agent's tunnel on this node is still being set up")
 	// ErrDraining: the node holds tunnels of the agent, but each is going
 	// away (GOAWAY sent or received); the agent is moving elsewhere.
 	ErrDraining = errors.New("the agent's tunnels on this node are going away")
@@ -187,15 +190,19 @@ type Server struct {
 	shutdownCtx  context.Context
 	shutdownStop context.CancelFunc
 
-	mu       sync.Mutex
-	byAgent  map[int64][]*entry
-	count    int
-	draining bool
-	closed   bool
-	changed  chan struct{} // closed and replaced when a tunnel comes or goes
-	rechecks recheckQueue  // open tunnels by due recheck, earliest first
-	looping  bool          // the recheck loop runs
-	wake     chan struct{} // cap 1: the earliest recheck moved
+	mu      sync.Mutex
+	byAgent map[int64][]*entry
+	// handshaking counts, per agent, handshakes whose token was accepted
+	// but whose tunnel is not in byAgent yet: the agent already sees the
+	// tunnel up, so a dial in that window waits instead of failing.
+	handshaking map[int64]int
+	count       int
+	draining    bool
+	closed      bool
+	changed     chan struct{} // closed and replaced when a tunnel comes or goes
+	rechecks    recheckQueue  // open tunnels by due recheck, earliest first
+	looping     bool          // the recheck loop runs
+	wake        chan struct{} // cap 1: the earliest recheck moved
 
 	stats counters
 }
@@ -293,8 +300,9 @@ func (s *Server) serveTunnel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var (
-		info  discovery.AgentInfo
-		token string
+		info        discovery.AgentInfo
+		token       string
+		handshaking bool
 	)
 	sess, err := tunnel.Accept(w, r, tunnel.AcceptOptions{
 		Config: s.opts.Tunnel,
@@ -331,9 +339,15 @@ func (s *Server) serveTunnel(w http.ResponseWriter, r *http.Request) {
 				return s.unavailable(w, msgDraining)
 			}
 			token = tok
+			s.setHandshaking(info.AgentID, +1)
+			handshaking = true
 			return nil
 		},
 	})
+	if handshaking {
+		// Until add (below) or the failure: in both cases the window ends.
+		defer s.setHandshaking(info.AgentID, -1)
+	}
 	if err != nil {
 		var he *tunnel.HTTPError
 		switch {
@@ -362,6 +376,19 @@ func (s *Server) serveTunnel(w http.ResponseWriter, r *http.Request) {
 	// The handler returns now, and with it net/http's goroutine, the
 	// request and its buffers; watch owns the tunnel from here.
 	go s.watch(e)
+}
+
+// setHandshaking adjusts the count of accepted handshakes not yet added.
+func (s *Server) setHandshaking(agentID int64, delta int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.handshaking == nil {
+		s.handshaking = make(map[int64]int)
+	}
+	s.handshaking[agentID] += delta
+	if s.handshaking[agentID] <= 0 {
+		delete(s.handshaking, agentID)
+	}
 }
 
 // watch waits for the tunnel's end (or the Server's shutdown or close,
@@ -567,7 +594,11 @@ func (q *recheckQueue) Pop() any {
 func (s *Server) Open(ctx context.Context, agentID int64) (net.Conn, error) {
 	s.mu.Lock()
 	list := s.byAgent[agentID] // never modified in place
+	pending := s.handshaking[agentID]
 	s.mu.Unlock()
+	if len(list) == 0 && pending > 0 {
+		return nil, fmt.Errorf("open stream to agent %d on node %s: %w", agentID, s.opts.NodeID, ErrHandshaking)
+	}
 	if len(list) == 0 {
 		return nil, fmt.Errorf("open stream to agent %d on node %s: %w", agentID, s.opts.NodeID, ErrNoTunnel)
 	}

@@ -387,3 +387,35 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// Between a handshake's accepted token and its tunnel's registration the
+// agent already sees the tunnel up: Open says "being set up" (the node
+// retries) rather than "no tunnel" (the node answers not connected).
+func TestOpenDuringHandshakeAsksToRetry(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	if _, err := e.srv.Open(ctx, e.agent); !errors.Is(err, ErrNoTunnel) {
+		t.Fatalf("Open with no tunnel: %v, want ErrNoTunnel", err)
+	}
+	e.srv.setHandshaking(e.agent, +1)
+	if _, err := e.srv.Open(ctx, e.agent); !errors.Is(err, ErrHandshaking) {
+		t.Fatalf("Open during a handshake: %v, want ErrHandshaking", err)
+	}
+	e.srv.setHandshaking(e.agent, -1)
+	if _, err := e.srv.Open(ctx, e.agent); !errors.Is(err, ErrNoTunnel) {
+		t.Fatalf("Open after the handshake failed: %v, want ErrNoTunnel", err)
+	}
+	var accepted atomic.Int64
+	e.dial(t, &accepted)
+	st, err := e.srv.Open(ctx, e.agent)
+	if err != nil {
+		t.Fatalf("Open with a tunnel: %v", err)
+	}
+	st.Close()
+	e.srv.mu.Lock()
+	left := len(e.srv.handshaking)
+	e.srv.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d handshakes still counted after the tunnel was added", left)
+	}
+}

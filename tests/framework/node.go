@@ -94,9 +94,12 @@ type Node struct {
 	AgentURL  string
 
 	agentL, privateL *KillableListener
-	cancel           context.CancelFunc
-	done             chan struct{}
-	runErr           error
+	// cp carries the node's calls to the control plane (when the scenario
+	// did not route them elsewhere), so Kill can silence the node first.
+	cp     *Proxy
+	cancel context.CancelFunc
+	done   chan struct{}
+	runErr error
 
 	mu     sync.Mutex
 	killed bool
@@ -139,6 +142,10 @@ func StartNode(t testing.TB, env *cptest.Env, id string, modify ...func(*datapla
 		m(&o)
 	}
 	n := &Node{ID: id, Registry: prometheus.NewRegistry(), Logs: NewLogs(t, "node "+id), done: make(chan struct{})}
+	if o.ControlPlaneURL == env.URL {
+		n.cp = ProxyTo(t, strings.TrimPrefix(env.URL, "http://"))
+		o.ControlPlaneURL = "http://" + n.cp.Addr()
+	}
 	n.agentL, n.privateL = Listen(t), Listen(t)
 	o.AgentListener, o.PrivateAPIListener = n.agentL, n.privateL
 	o.Registry, o.Logger = n.Registry, n.Logs.Logger()
@@ -207,6 +214,11 @@ func (n *Node) Kill(t testing.TB) {
 	n.mu.Lock()
 	n.killed = true
 	n.mu.Unlock()
+	// A killed process says nothing more to the control plane: silence it
+	// before its tunnels break, or its registrar would report them closed.
+	if n.cp != nil {
+		n.cp.Down()
+	}
 	n.agentL.Kill()
 	n.privateL.Kill()
 	n.Node.Close()

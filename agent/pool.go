@@ -71,7 +71,7 @@ func (a *Agent) runSlot(ctx context.Context, slot int) {
 			tries++
 			if probe := a.tryOtherNode(ctx, cur, tries); probe != nil {
 				b.ended(now)
-				b.connected(now)
+				b.connected(probe.connectedAt)
 				a.m.replacements.WithLabelValues(reasonNode).Inc()
 				a.retire(cur, reasonNode)
 				cur = probe
@@ -101,7 +101,9 @@ func (a *Agent) connect(ctx context.Context, b *backoff, log *slog.Logger, first
 		}
 		t, err := a.open(ctx)
 		if err == nil {
-			b.connected(a.clock.Now())
+			// The time it came up, not now: it is counted up (and may
+			// have served) before this line runs.
+			b.connected(t.connectedAt)
 			return t
 		}
 		if ctx.Err() != nil {

@@ -125,7 +125,9 @@ func (s *Server) Handler() http.Handler {
 		authn.NewVerifier(s.opts.APISecretKey, authn.IssuerRails, authn.AudienceManagement, s.opts.ExtraAPISecretKeys...)))
 	dp := connect.WithInterceptors(authn.ServerInterceptor(
 		authn.NewVerifier(s.opts.PrivateAPISecretKey, authn.IssuerDataplane, authn.AudienceDataplane, s.opts.ExtraPrivateAPISecretKeys...)))
-	limits := connect.WithHandlerOptions(connect.WithReadMaxBytes(maxMessage),
+	// Responses under 1 KiB go uncompressed: gzip of tiny messages cost an
+	// eighth of the control plane's CPU in a reconnect storm.
+	limits := connect.WithHandlerOptions(connect.WithReadMaxBytes(maxMessage), connect.WithCompressMinBytes(1024),
 		connect.WithCompression("gzip", newBoundedGzip, func() connect.Compressor { return gzip.NewWriter(io.Discard) }))
 
 	mux := http.NewServeMux()

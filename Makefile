@@ -33,6 +33,7 @@ generate: tools
 	buf generate --template buf.gen.ruby.yaml
 
 check-generated: generate
+	@go mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy and commit the result" >&2; exit 1; }
 	@if [ -n "$$(git status --porcelain -- gen tests/ruby/stubs)" ]; then \
 		git status --short -- gen tests/ruby/stubs; git diff --stat -- gen tests/ruby/stubs; \
 		echo "generated code is stale: run make generate and commit the result" >&2; exit 1; \

@@ -613,6 +613,7 @@ func TestHostileInvalidUTF8(t *testing.T) {
 			before := h.counts(t)
 			for _, f := range bad {
 				fields++
+				refused := h.counts(t)
 				for _, body := range []struct{ contentType, body string }{
 					{"application/proto", string(f.proto)},
 					{"application/json", f.json},
@@ -622,6 +623,7 @@ func TestHostileInvalidUTF8(t *testing.T) {
 						t.Errorf("%s (%s): %d %s, want 400 invalid_argument", f.path, body.contentType, status, resp)
 					}
 				}
+				h.unchanged(t, refused, f.path+" with invalid UTF-8")
 				// Valid UTF-8, hostile content, in JSON: whatever the
 				// answer, it is not an internal error.
 				for _, s := range []string{`a\u0000b`, `'; DROP TABLE agents; --`, `%_\\`} {

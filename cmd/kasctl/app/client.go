@@ -2,19 +2,18 @@ package app
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 
 	"connectrpc.com/connect"
 
 	"github.com/kas-project/kas/gen/kas/management/v1/managementv1connect"
 	"github.com/kas-project/kas/internal/authn"
+	"github.com/kas-project/kas/internal/config"
 )
 
 // clients are the management API's clients, every call signed with a JWT
@@ -33,7 +32,7 @@ func (g *globals) connect() (*clients, error) {
 	}
 	key, err := loadKey(g.apiKeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("--api-secret-key-file: %w", err)
+		return nil, err // names --api-secret-key-file
 	}
 	hc, base, err := httpClient(g.server)
 	if err != nil {
@@ -48,21 +47,12 @@ func (g *globals) connect() (*clients, error) {
 	}, nil
 }
 
-// loadKey reads base64 text whose decoded value is exactly 32 bytes. The
-// key never appears in an error.
+// loadKey reads the api_secret_key file as kas does (config.LoadKeys):
+// during a rotation it holds several keys, one per line, and the first
+// signs. The key never appears in an error.
 func loadKey(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
-	if err != nil {
-		return nil, fmt.Errorf("%s does not hold base64 text", path)
-	}
-	if len(key) != authn.KeySize {
-		return nil, fmt.Errorf("%s: decoded value is %d bytes, must be exactly %d", path, len(key), authn.KeySize)
-	}
-	return key, nil
+	key, _, err := config.LoadKeys("--api-secret-key-file", path, true)
+	return key, err
 }
 
 // httpClient returns the client and base URL for the control plane at raw

@@ -122,6 +122,7 @@ func main() {
 	flag.IntVar(&c.agents, "agents", 0, "agents in the fleet rows (default 10,000; 1,000 with -short)")
 	flag.IntVar(&c.samples, "samples", 0, "requests per latency variant (default 10,000; 2,000 with -short)")
 	flag.StringVar(&c.profileDir, "profile", "", "write profiles into this directory: node A's heap and goroutines with every agent connected; node B's and the control plane's CPU during the reconnect")
+	check := flag.Bool("check", false, "exit with status 1 when a goal is missed")
 	flag.Parse()
 	if c.agents == 0 {
 		c.agents = 10000
@@ -151,8 +152,13 @@ func main() {
 		os.Exit(2)
 	}
 	fmt.Fprintf(os.Stderr, "took %v\n", time.Since(start).Round(time.Second))
+	// A missed goal is a finding to report, not a failure: the table says
+	// so. -check turns it into exit status 1 for whoever wants a gate.
 	if !ok {
-		os.Exit(1)
+		fmt.Fprintln(os.Stderr, "some goals were missed (see the table)")
+		if *check {
+			os.Exit(1)
+		}
 	}
 }
 

@@ -61,6 +61,7 @@ func main() {
 	var c config
 	flag.BoolVar(&c.short, "short", os.Getenv("KAS_BENCH_SHORT") == "1", "fewer samples, well under a minute (also KAS_BENCH_SHORT=1)")
 	flag.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the throughput runs through node A to this file")
+	check := flag.Bool("check", false, "exit with status 1 when a goal is missed")
 	flag.Parse()
 	c.samples, c.rounds, c.loadFor, c.bodyReps = 10000, 5, 4*time.Second, 5
 	if c.short {
@@ -75,8 +76,13 @@ func main() {
 		os.Exit(2)
 	}
 	fmt.Fprintf(os.Stderr, "took %v\n", time.Since(start).Round(time.Second))
+	// A missed goal is a finding to report, not a failure: the table says
+	// so. -check turns it into exit status 1 for whoever wants a gate.
 	if !ok {
-		os.Exit(1)
+		fmt.Fprintln(os.Stderr, "some goals were missed (see the table)")
+		if *check {
+			os.Exit(1)
+		}
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -183,34 +182,15 @@ func (o *Options) Validate() error {
 // controlPlaneClient returns the HTTP client and base URL for the control
 // plane at raw (http://, https:// or unix:///path).
 func controlPlaneClient(raw string) (*http.Client, string, error) {
-	u, err := url.Parse(raw)
-	if err != nil || raw == "" {
-		return nil, "", fmt.Errorf("%q is not a URL", raw)
+	tr, base, err := listen.ClientTransport(raw)
+	if err != nil {
+		return nil, "", err
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
 	// Keep as many idle connections as calls run at once (handshake token
 	// checks, rechecks, registrations, resolutions, proxy decisions), so
 	// that a reconnect storm does not open a connection per call.
 	tr.MaxIdleConnsPerHost = 2 * agentserver.DefaultMaxTokenChecks
-	switch u.Scheme {
-	case "http", "https":
-		if u.Host == "" {
-			return nil, "", fmt.Errorf("%q has no host", raw)
-		}
-		return &http.Client{Transport: tr}, raw, nil
-	case "unix":
-		if u.Host != "" || u.Path == "" {
-			return nil, "", fmt.Errorf("%q must have the form unix:///absolute/path", raw)
-		}
-		path := u.Path
-		var d net.Dialer
-		tr.Proxy = nil
-		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, "unix", path)
-		}
-		return &http.Client{Transport: tr}, "http://controlplane.invalid", nil
-	}
-	return nil, "", fmt.Errorf("%q must use http://, https:// or unix://", raw)
+	return &http.Client{Transport: tr}, base, nil
 }
 
 // Node is a dataplane node.

@@ -1,12 +1,9 @@
 package app
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"net/url"
 	"strings"
 
 	"connectrpc.com/connect"
@@ -14,6 +11,7 @@ import (
 	"github.com/kas-project/kas/gen/kas/management/v1/managementv1connect"
 	"github.com/kas-project/kas/internal/authn"
 	"github.com/kas-project/kas/internal/config"
+	"github.com/kas-project/kas/internal/listen"
 )
 
 // clients are the management API's clients, every call signed with a JWT
@@ -58,30 +56,11 @@ func loadKey(path string) ([]byte, error) {
 // httpClient returns the client and base URL for the control plane at raw
 // (http://, https:// or unix:///path).
 func httpClient(raw string) (*http.Client, string, error) {
-	u, err := url.Parse(raw)
-	if err != nil || raw == "" {
-		return nil, "", fmt.Errorf("%q is not a URL", raw)
+	tr, base, err := listen.ClientTransport(raw)
+	if err != nil {
+		return nil, "", err
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	switch u.Scheme {
-	case "http", "https":
-		if u.Host == "" {
-			return nil, "", fmt.Errorf("%q has no host", raw)
-		}
-		return &http.Client{Transport: tr}, strings.TrimSuffix(raw, "/"), nil
-	case "unix":
-		if u.Host != "" || u.Path == "" {
-			return nil, "", fmt.Errorf("%q must have the form unix:///absolute/path", raw)
-		}
-		path := u.Path
-		var d net.Dialer
-		tr.Proxy = nil
-		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, "unix", path)
-		}
-		return &http.Client{Transport: tr}, "http://controlplane.invalid", nil
-	}
-	return nil, "", fmt.Errorf("%q must use http://, https:// or unix://", raw)
+	return &http.Client{Transport: tr}, strings.TrimSuffix(base, "/"), nil
 }
 
 // callError words a failed call for the operator, naming the server for

@@ -24,6 +24,9 @@ func FuzzParseCredential(f *testing.F) {
 	f.Add("", "c2Vzc2lvbg", "3", "DELETE", "")
 	f.Add("", "c2Vzc2lvbg", "", "POST", "gitlab-agent-id=4&x-csrf-token=abc")
 	f.Add("", "%zz", "1\x00", "PATCH", "%")
+	f.Add("Bearer pat:\x01:kaspat_\x01", "", "", "GET", "")
+	f.Add("\x01 pat:1:x", "", "", "GET", "")
+	f.Add("", "\x01", "\x01", "PUT", "gitlab-agent-id=\x01")
 	f.Fuzz(func(t *testing.T, authz, cookie, agentID, method, rawQuery string) {
 		r := &http.Request{Method: method, Header: http.Header{}, URL: &url.URL{RawQuery: rawQuery}}
 		if authz != "" {
@@ -37,12 +40,10 @@ func FuzzParseCredential(f *testing.F) {
 		}
 		cred, err := parseCredential(r)
 		if err != nil {
-			_, secret, _ := strings.Cut(authz, " ")
-			if len(secret) >= 12 && strings.Contains(err.Error(), strings.TrimSpace(secret)) {
-				t.Fatalf("error %q echoes the presented token", err)
-			}
-			if len(cookie) >= 12 && strings.Contains(err.Error(), cookie) {
-				t.Fatalf("error %q echoes the cookie", err)
+			// Messages are fixed text: an input byte that no message holds
+			// (0x01) must never come back in one.
+			if strings.ContainsRune(err.Error(), 0x01) {
+				t.Fatalf("error %q echoes the caller's input", err)
 			}
 			return
 		}

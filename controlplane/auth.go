@@ -99,6 +99,31 @@ func (s *authService) GetAgentConfig(ctx context.Context, req *dataplanev1.GetAg
 	return &dataplanev1.GetAgentConfigResponse{Version: version, Yaml: yaml}, nil
 }
 
+// maxConfigVersionIDs bounds GetAgentConfigVersions; nodes ask in chunks.
+const maxConfigVersionIDs = 10_000
+
+func (s *authService) GetAgentConfigVersions(ctx context.Context, req *dataplanev1.GetAgentConfigVersionsRequest) (*dataplanev1.GetAgentConfigVersionsResponse, error) {
+	const op = "GetAgentConfigVersions"
+	ids := req.GetAgentIds()
+	if len(ids) > maxConfigVersionIDs {
+		return nil, s.toConnect(ctx, op, invalid("agent_ids", "has %d agents, at most %d allowed", len(ids), maxConfigVersionIDs))
+	}
+	for i, id := range ids {
+		if id <= 0 {
+			return nil, s.toConnect(ctx, op, invalid(fmt.Sprintf("agent_ids[%d]", i), "must be a positive ID, got %d", id))
+		}
+	}
+	versions, err := s.store.AgentConfigVersions(ctx, ids)
+	if err != nil {
+		return nil, s.toConnect(ctx, op, err)
+	}
+	resp := &dataplanev1.GetAgentConfigVersionsResponse{Versions: make([]*dataplanev1.AgentConfigVersion, 0, len(versions))}
+	for _, v := range versions {
+		resp.Versions = append(resp.Versions, &dataplanev1.AgentConfigVersion{AgentId: v.AgentID, Version: v.Version})
+	}
+	return resp, nil
+}
+
 // proxyCredential is an authenticated credential of the Kubernetes API proxy.
 type proxyCredential struct {
 	accessType string

@@ -116,6 +116,41 @@ func TestDataplaneGetAgentConfig(t *testing.T) {
 	wantCode(t, err, connect.CodeInvalidArgument, "agent_id")
 }
 
+// TestDataplaneGetAgentConfigVersions: one call answers the latest version
+// of every known agent asked for, 0 without configuration, and leaves
+// unknown agents out.
+func TestDataplaneGetAgentConfigVersions(t *testing.T) {
+	env, _ := routingEnv(t)
+	ctx := t.Context()
+	a := createAgent(t, env, 1, "versioned")
+	b := createAgent(t, env, 1, "unconfigured")
+	for range 3 {
+		if _, err := env.Agents.PutAgentConfig(ctx, &managementv1.PutAgentConfigRequest{AgentId: a.Id, Yaml: "observability: {logging: {level: info}}\n"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := env.Auth.GetAgentConfigVersions(ctx, &dataplanev1.GetAgentConfigVersionsRequest{AgentIds: []int64{b.Id, a.Id + b.Id + 1000, a.Id}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[int64]int64{a.Id: 3, b.Id: 0}
+	if len(got.Versions) != len(want) {
+		t.Fatalf("versions = %v, want %v", got.Versions, want)
+	}
+	for _, v := range got.Versions {
+		if w, ok := want[v.AgentId]; !ok || w != v.Version {
+			t.Errorf("agent %d: version %d, want %v", v.AgentId, v.Version, want)
+		}
+	}
+	if got, err := env.Auth.GetAgentConfigVersions(ctx, &dataplanev1.GetAgentConfigVersionsRequest{}); err != nil || len(got.Versions) != 0 {
+		t.Errorf("no IDs: %v, %v", got, err)
+	}
+	_, err = env.Auth.GetAgentConfigVersions(ctx, &dataplanev1.GetAgentConfigVersionsRequest{AgentIds: []int64{a.Id, -1}})
+	wantCode(t, err, connect.CodeInvalidArgument, "agent_ids[1]")
+	_, err = env.Auth.GetAgentConfigVersions(ctx, &dataplanev1.GetAgentConfigVersionsRequest{AgentIds: make([]int64, 10_001)})
+	wantCode(t, err, connect.CodeInvalidArgument, "at most 10000")
+}
+
 // authzFixture holds agents and credentials for the AuthorizeProxy matrix.
 type authzFixture struct {
 	env *cptest.Env

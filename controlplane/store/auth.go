@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // AgentTokenAuth is what authenticating an agent token needs.
@@ -78,6 +80,36 @@ WHERE a.id = $1`, agentID).Scan(&version, &yaml)
 		return 0, "", notFoundOn(err, "agent %d", agentID)
 	}
 	return version, yaml, nil
+}
+
+// AgentConfigVersion is an agent's latest configuration version.
+type AgentConfigVersion struct {
+	AgentID int64
+	Version int64 // 0: no configuration
+}
+
+// AgentConfigVersions returns the latest configuration version of each
+// known agent among ids, ordered by agent ID; unknown agents are left out.
+func (s *Store) AgentConfigVersions(ctx context.Context, ids []int64) ([]AgentConfigVersion, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	rows, err := s.pool.Query(ctx, `
+SELECT a.id, coalesce((SELECT max(c.version) FROM agent_configs c WHERE c.agent_id = a.id), 0)
+FROM agents a
+WHERE a.id = ANY($1)
+ORDER BY a.id`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("query agent config versions: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (AgentConfigVersion, error) {
+		var v AgentConfigVersion
+		return v, r.Scan(&v.AgentID, &v.Version)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("query agent config versions: %w", err)
+	}
+	return out, nil
 }
 
 // ProxyCredential is the part common to the credentials of the

@@ -67,6 +67,9 @@ const (
 	// AuthServiceGetAgentConfigProcedure is the fully-qualified name of the AuthService's
 	// GetAgentConfig RPC.
 	AuthServiceGetAgentConfigProcedure = "/kas.dataplane.v1.AuthService/GetAgentConfig"
+	// AuthServiceGetAgentConfigVersionsProcedure is the fully-qualified name of the AuthService's
+	// GetAgentConfigVersions RPC.
+	AuthServiceGetAgentConfigVersionsProcedure = "/kas.dataplane.v1.AuthService/GetAgentConfigVersions"
 )
 
 // NodeServiceClient is a client for the kas.dataplane.v1.NodeService service.
@@ -359,6 +362,11 @@ type AuthServiceClient interface {
 	AuthorizeProxy(context.Context, *v1.AuthorizeProxyRequest) (*v1.AuthorizeProxyResponse, error)
 	// GetAgentConfig returns the agent's current configuration and version.
 	GetAgentConfig(context.Context, *v1.GetAgentConfigRequest) (*v1.GetAgentConfigResponse, error)
+	// GetAgentConfigVersions returns the current configuration version of
+	// each of the given agents (0: no configuration) in one call, so that a
+	// node can notice new versions for every agent it holds by polling.
+	// Unknown agents are left out.
+	GetAgentConfigVersions(context.Context, *v1.GetAgentConfigVersionsRequest) (*v1.GetAgentConfigVersionsResponse, error)
 }
 
 // NewAuthServiceClient constructs a client for the kas.dataplane.v1.AuthService service. By
@@ -390,14 +398,21 @@ func NewAuthServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(authServiceMethods.ByName("GetAgentConfig")),
 			connect.WithClientOptions(opts...),
 		),
+		getAgentConfigVersions: connect.NewClient[v1.GetAgentConfigVersionsRequest, v1.GetAgentConfigVersionsResponse](
+			httpClient,
+			baseURL+AuthServiceGetAgentConfigVersionsProcedure,
+			connect.WithSchema(authServiceMethods.ByName("GetAgentConfigVersions")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // authServiceClient implements AuthServiceClient.
 type authServiceClient struct {
-	authenticateAgent *connect.Client[v1.AuthenticateAgentRequest, v1.AuthenticateAgentResponse]
-	authorizeProxy    *connect.Client[v1.AuthorizeProxyRequest, v1.AuthorizeProxyResponse]
-	getAgentConfig    *connect.Client[v1.GetAgentConfigRequest, v1.GetAgentConfigResponse]
+	authenticateAgent      *connect.Client[v1.AuthenticateAgentRequest, v1.AuthenticateAgentResponse]
+	authorizeProxy         *connect.Client[v1.AuthorizeProxyRequest, v1.AuthorizeProxyResponse]
+	getAgentConfig         *connect.Client[v1.GetAgentConfigRequest, v1.GetAgentConfigResponse]
+	getAgentConfigVersions *connect.Client[v1.GetAgentConfigVersionsRequest, v1.GetAgentConfigVersionsResponse]
 }
 
 // AuthenticateAgent calls kas.dataplane.v1.AuthService.AuthenticateAgent.
@@ -427,6 +442,15 @@ func (c *authServiceClient) GetAgentConfig(ctx context.Context, req *v1.GetAgent
 	return nil, err
 }
 
+// GetAgentConfigVersions calls kas.dataplane.v1.AuthService.GetAgentConfigVersions.
+func (c *authServiceClient) GetAgentConfigVersions(ctx context.Context, req *v1.GetAgentConfigVersionsRequest) (*v1.GetAgentConfigVersionsResponse, error) {
+	response, err := c.getAgentConfigVersions.CallUnary(ctx, connect.NewRequest(req))
+	if response != nil {
+		return response.Msg, err
+	}
+	return nil, err
+}
+
 // AuthServiceHandler is an implementation of the kas.dataplane.v1.AuthService service.
 type AuthServiceHandler interface {
 	// AuthenticateAgent checks an agent token. Unauthenticated when unknown or revoked.
@@ -437,6 +461,11 @@ type AuthServiceHandler interface {
 	AuthorizeProxy(context.Context, *v1.AuthorizeProxyRequest) (*v1.AuthorizeProxyResponse, error)
 	// GetAgentConfig returns the agent's current configuration and version.
 	GetAgentConfig(context.Context, *v1.GetAgentConfigRequest) (*v1.GetAgentConfigResponse, error)
+	// GetAgentConfigVersions returns the current configuration version of
+	// each of the given agents (0: no configuration) in one call, so that a
+	// node can notice new versions for every agent it holds by polling.
+	// Unknown agents are left out.
+	GetAgentConfigVersions(context.Context, *v1.GetAgentConfigVersionsRequest) (*v1.GetAgentConfigVersionsResponse, error)
 }
 
 // NewAuthServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -464,6 +493,12 @@ func NewAuthServiceHandler(svc AuthServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(authServiceMethods.ByName("GetAgentConfig")),
 		connect.WithHandlerOptions(opts...),
 	)
+	authServiceGetAgentConfigVersionsHandler := connect.NewUnaryHandlerSimple(
+		AuthServiceGetAgentConfigVersionsProcedure,
+		svc.GetAgentConfigVersions,
+		connect.WithSchema(authServiceMethods.ByName("GetAgentConfigVersions")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/kas.dataplane.v1.AuthService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AuthServiceAuthenticateAgentProcedure:
@@ -472,6 +507,8 @@ func NewAuthServiceHandler(svc AuthServiceHandler, opts ...connect.HandlerOption
 			authServiceAuthorizeProxyHandler.ServeHTTP(w, r)
 		case AuthServiceGetAgentConfigProcedure:
 			authServiceGetAgentConfigHandler.ServeHTTP(w, r)
+		case AuthServiceGetAgentConfigVersionsProcedure:
+			authServiceGetAgentConfigVersionsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -491,4 +528,8 @@ func (UnimplementedAuthServiceHandler) AuthorizeProxy(context.Context, *v1.Autho
 
 func (UnimplementedAuthServiceHandler) GetAgentConfig(context.Context, *v1.GetAgentConfigRequest) (*v1.GetAgentConfigResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kas.dataplane.v1.AuthService.GetAgentConfig is not implemented"))
+}
+
+func (UnimplementedAuthServiceHandler) GetAgentConfigVersions(context.Context, *v1.GetAgentConfigVersionsRequest) (*v1.GetAgentConfigVersionsResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kas.dataplane.v1.AuthService.GetAgentConfigVersions is not implemented"))
 }

@@ -1,0 +1,179 @@
+package ratelimit
+
+import (
+	"net/http"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time      { return c.t }
+func (c *clock) add(d time.Duration) { c.t = c.t.Add(d) }
+func newClock() *clock               { return &clock{t: time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC)} }
+func addr(s string) netip.Addr       { return netip.MustParseAddr(s) }
+func mustNew(t *testing.T, o Options) *Limiter {
+	t.Helper()
+	l, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func TestBurstThenRefill(t *testing.T) {
+	c := newClock()
+	l := mustNew(t, Options{Burst: 3, Refill: time.Second, Clock: c.now})
+	a, b := addr("192.0.2.1"), addr("192.0.2.2")
+	for i := range 3 {
+		if ok, _ := l.Allow(a); !ok {
+			t.Fatalf("failure %d: limited within the burst", i)
+		}
+		l.Fail(a)
+	}
+	ok, wait := l.Allow(a)
+	if ok || wait != time.Second {
+		t.Fatalf("after the burst: ok=%v retry after %v, want limited for 1s", ok, wait)
+	}
+	if ok, _ := l.Allow(b); !ok {
+		t.Fatal("another client is limited too")
+	}
+	c.add(999 * time.Millisecond)
+	if ok, _ := l.Allow(a); ok {
+		t.Fatal("allowed before a token came back")
+	}
+	c.add(time.Millisecond)
+	if ok, _ := l.Allow(a); !ok {
+		t.Fatal("still limited after one refill")
+	}
+	l.Fail(a)
+	if ok, _ := l.Allow(a); ok {
+		t.Fatal("the refilled token was not taken")
+	}
+	// Successes take nothing: Allow alone never limits.
+	for range 100 {
+		l.Allow(b)
+	}
+	if ok, _ := l.Allow(b); !ok {
+		t.Fatal("Allow took tokens")
+	}
+	if s := l.Stats(); s.Limited != 3 || s.Failures != 4 || s.Clients != 1 {
+		t.Fatalf("stats %+v, want 3 limited, 4 failures, 1 client", s)
+	}
+	// A full bucket is forgotten.
+	c.add(time.Minute)
+	l.Allow(a)
+	if s := l.Stats(); s.Clients != 0 {
+		t.Fatalf("%d clients tracked after their buckets refilled", s.Clients)
+	}
+}
+
+func TestRetryAfterRoundsToSeconds(t *testing.T) {
+	c := newClock()
+	l := mustNew(t, Options{Burst: 1, Refill: 10 * time.Second, Clock: c.now})
+	a := addr("192.0.2.1")
+	l.Fail(a)
+	c.add(2400 * time.Millisecond)
+	if _, wait := l.Allow(a); wait != 8*time.Second {
+		t.Fatalf("retry after %v, want 8s", wait)
+	}
+}
+
+func TestMemoryIsBounded(t *testing.T) {
+	c := newClock()
+	l := mustNew(t, Options{Burst: 2, Refill: time.Hour, MaxClients: 100, Clock: c.now})
+	for i := range 10_000 {
+		l.Fail(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
+	}
+	if n := l.Stats().Clients; n != 100 {
+		t.Fatalf("%d clients tracked, want the bound 100", n)
+	}
+	// The most recent ones are kept.
+	last := netip.AddrFrom4([4]byte{10, 0, byte(9999 >> 8), byte(9999 & 0xff)})
+	l.Fail(last)
+	if ok, _ := l.Allow(last); ok {
+		t.Fatal("the most recent client was forgotten")
+	}
+	// Expired entries go as new ones come, before the bound is reached.
+	l2 := mustNew(t, Options{Burst: 1, Refill: time.Second, MaxClients: 1000, Clock: c.now})
+	for i := range 500 {
+		l2.Fail(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}))
+		c.add(100 * time.Millisecond)
+	}
+	if n := l2.Stats().Clients; n > 30 {
+		t.Fatalf("%d clients tracked, most of them long refilled", n)
+	}
+}
+
+func TestNilLimiterLimitsNothing(t *testing.T) {
+	var l *Limiter
+	l.Fail(addr("192.0.2.1"))
+	if ok, _ := l.Allow(addr("192.0.2.1")); !ok {
+		t.Fatal("nil limiter limited")
+	}
+	r, _ := http.NewRequest("GET", "/", nil)
+	r.RemoteAddr = "192.0.2.1:1234"
+	if got := l.Client(r); got != addr("192.0.2.1") {
+		t.Fatalf("client %v", got)
+	}
+}
+
+func TestClient(t *testing.T) {
+	trusted, err := ParsePrefixes(" 10.0.0.0/8, 192.0.2.7 ,::ffff:172.16.0.0/108")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ParsePrefixes("10.0.0.0/8,nonsense"); err == nil || err.Error() != `"nonsense" is not an IP address or CIDR (for example 10.0.0.0/8 or 2001:db8::/64)` {
+		t.Fatalf("ParsePrefixes: %v", err)
+	}
+	plain := mustNew(t, Options{})
+	behind := mustNew(t, Options{TrustedProxies: trusted})
+	for _, tc := range []struct {
+		remote string
+		xff    []string
+		plain  string // the client without trusted proxies
+		behind string // with them
+	}{
+		{"203.0.113.9:5000", nil, "203.0.113.9", "203.0.113.9"},
+		// X-Forwarded-For from an untrusted peer is the peer's own word.
+		{"203.0.113.9:5000", []string{"198.51.100.1"}, "203.0.113.9", "203.0.113.9"},
+		{"10.1.2.3:5000", []string{"198.51.100.1"}, "10.1.2.3", "198.51.100.1"},
+		// The leftmost entries are the client's: the rightmost untrusted wins.
+		{"10.1.2.3:5000", []string{"1.1.1.1, 198.51.100.1, 192.0.2.7"}, "10.1.2.3", "198.51.100.1"},
+		{"10.1.2.3:5000", []string{"1.1.1.1", "198.51.100.1,10.9.9.9"}, "10.1.2.3", "198.51.100.1"},
+		// Garbage ends the walk at the last address believed.
+		{"10.1.2.3:5000", []string{"198.51.100.1, junk, 10.9.9.9"}, "10.1.2.3", "10.9.9.9"},
+		// Only trusted proxies: the leftmost of them.
+		{"10.1.2.3:5000", []string{"10.4.4.4"}, "10.1.2.3", "10.4.4.4"},
+		{"[::ffff:10.1.2.3]:5000", []string{"198.51.100.1"}, "10.1.2.3", "198.51.100.1"},
+		{"[::ffff:172.16.1.1]:5000", []string{"198.51.100.2"}, "172.16.1.1", "198.51.100.2"},
+		// IPv6 clients are their /64.
+		{"[2001:db8:1:2:3:4:5:6]:443", nil, "2001:db8:1:2::", "2001:db8:1:2::"},
+		{"10.1.2.3:5000", []string{"2001:db8::1"}, "10.1.2.3", "2001:db8::"},
+		// A unix socket peer: one client.
+		{"@", nil, "invalid IP", "invalid IP"},
+	} {
+		r, _ := http.NewRequest("GET", "/", nil)
+		r.RemoteAddr = tc.remote
+		for _, v := range tc.xff {
+			r.Header.Add("X-Forwarded-For", v)
+		}
+		if got := plain.Client(r).String(); got != tc.plain {
+			t.Errorf("%s %q without trusted proxies: %s, want %s", tc.remote, tc.xff, got, tc.plain)
+		}
+		if got := behind.Client(r).String(); got != tc.behind {
+			t.Errorf("%s %q behind trusted proxies: %s, want %s", tc.remote, tc.xff, got, tc.behind)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	if _, err := New(Options{Burst: -1}); err == nil {
+		t.Fatal("negative burst accepted")
+	}
+	l := mustNew(t, Options{})
+	if l.opts.Burst != DefaultBurst || l.opts.Refill != DefaultRefill || l.opts.MaxClients != DefaultMaxClients {
+		t.Fatalf("defaults %+v", l.opts)
+	}
+}

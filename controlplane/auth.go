@@ -99,27 +99,43 @@ func (s *authService) GetAgentConfig(ctx context.Context, req *dataplanev1.GetAg
 	return &dataplanev1.GetAgentConfigResponse{Version: version, Yaml: yaml}, nil
 }
 
-// maxConfigVersionIDs bounds GetAgentConfigVersions; nodes ask in chunks.
-const maxConfigVersionIDs = 10_000
+const (
+	// maxKnownConfigs bounds the agents of one GetAgentConfigs call; nodes
+	// ask in chunks.
+	maxKnownConfigs = 10_000
+	// maxConfigsPerResponse bounds the configurations one GetAgentConfigs
+	// answer carries; the node asks again for the rest.
+	maxConfigsPerResponse = 200
+)
 
-func (s *authService) GetAgentConfigVersions(ctx context.Context, req *dataplanev1.GetAgentConfigVersionsRequest) (*dataplanev1.GetAgentConfigVersionsResponse, error) {
-	const op = "GetAgentConfigVersions"
-	ids := req.GetAgentIds()
-	if len(ids) > maxConfigVersionIDs {
-		return nil, s.toConnect(ctx, op, invalid("agent_ids", "has %d agents, at most %d allowed", len(ids), maxConfigVersionIDs))
+func (s *authService) GetAgentConfigs(ctx context.Context, req *dataplanev1.GetAgentConfigsRequest) (*dataplanev1.GetAgentConfigsResponse, error) {
+	const op = "GetAgentConfigs"
+	known := req.GetKnown()
+	if len(known) > maxKnownConfigs {
+		return nil, s.toConnect(ctx, op, invalid("known", "has %d agents, at most %d allowed", len(known), maxKnownConfigs))
 	}
-	for i, id := range ids {
-		if id <= 0 {
-			return nil, s.toConnect(ctx, op, invalid(fmt.Sprintf("agent_ids[%d]", i), "must be a positive ID, got %d", id))
+	ids := make([]int64, len(known))
+	versions := make([]int64, len(known))
+	for i, k := range known {
+		if k.GetAgentId() <= 0 {
+			return nil, s.toConnect(ctx, op, invalid(fmt.Sprintf("known[%d].agent_id", i), "must be a positive ID, got %d", k.GetAgentId()))
 		}
+		if k.GetVersion() < -1 {
+			return nil, s.toConnect(ctx, op, invalid(fmt.Sprintf("known[%d].version", i), "must be -1 (none known) or more, got %d", k.GetVersion()))
+		}
+		ids[i], versions[i] = k.GetAgentId(), k.GetVersion()
 	}
-	versions, err := s.store.AgentConfigVersions(ctx, ids)
+	changed, err := s.store.ChangedAgentConfigs(ctx, ids, versions, maxConfigsPerResponse+1)
 	if err != nil {
 		return nil, s.toConnect(ctx, op, err)
 	}
-	resp := &dataplanev1.GetAgentConfigVersionsResponse{Versions: make([]*dataplanev1.AgentConfigVersion, 0, len(versions))}
-	for _, v := range versions {
-		resp.Versions = append(resp.Versions, &dataplanev1.AgentConfigVersion{AgentId: v.AgentID, Version: v.Version})
+	resp := &dataplanev1.GetAgentConfigsResponse{}
+	if len(changed) > maxConfigsPerResponse {
+		changed, resp.Truncated = changed[:maxConfigsPerResponse], true
+	}
+	resp.Configs = make([]*dataplanev1.AgentConfig, len(changed))
+	for i, c := range changed {
+		resp.Configs[i] = &dataplanev1.AgentConfig{AgentId: c.AgentID, Version: c.Version, Yaml: c.YAML}
 	}
 	return resp, nil
 }

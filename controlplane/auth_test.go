@@ -1,6 +1,7 @@
 package controlplane_test
 
 import (
+	"fmt"
 	"net/url"
 	"slices"
 	"strconv"
@@ -116,39 +117,67 @@ func TestDataplaneGetAgentConfig(t *testing.T) {
 	wantCode(t, err, connect.CodeInvalidArgument, "agent_id")
 }
 
-// TestDataplaneGetAgentConfigVersions: one call answers the latest version
-// of every known agent asked for, 0 without configuration, and leaves
-// unknown agents out.
-func TestDataplaneGetAgentConfigVersions(t *testing.T) {
+// TestDataplaneGetAgentConfigs: one call answers the configuration of
+// every known agent whose version differs from the node's, version 0 for
+// none, leaves unknown agents out and pages long answers.
+func TestDataplaneGetAgentConfigs(t *testing.T) {
 	env, _ := routingEnv(t)
 	ctx := t.Context()
 	a := createAgent(t, env, 1, "versioned")
 	b := createAgent(t, env, 1, "unconfigured")
+	const y = "observability: {logging: {level: debug}}\n"
 	for range 3 {
-		if _, err := env.Agents.PutAgentConfig(ctx, &managementv1.PutAgentConfigRequest{AgentId: a.Id, Yaml: "observability: {logging: {level: info}}\n"}); err != nil {
+		if _, err := env.Agents.PutAgentConfig(ctx, &managementv1.PutAgentConfigRequest{AgentId: a.Id, Yaml: y}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	got, err := env.Auth.GetAgentConfigVersions(ctx, &dataplanev1.GetAgentConfigVersionsRequest{AgentIds: []int64{b.Id, a.Id + b.Id + 1000, a.Id}})
+	get := func(known ...int64) (*dataplanev1.GetAgentConfigsResponse, error) {
+		req := &dataplanev1.GetAgentConfigsRequest{}
+		for i := 0; i+1 < len(known); i += 2 {
+			req.Known = append(req.Known, &dataplanev1.AgentConfigVersion{AgentId: known[i], Version: known[i+1]})
+		}
+		return env.Auth.GetAgentConfigs(ctx, req)
+	}
+	got, err := get(b.Id, -1, a.Id+b.Id+1000, -1, a.Id, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[int64]int64{a.Id: 3, b.Id: 0}
-	if len(got.Versions) != len(want) {
-		t.Fatalf("versions = %v, want %v", got.Versions, want)
+	if len(got.Configs) != 2 || got.Truncated ||
+		got.Configs[0].AgentId != a.Id || got.Configs[0].Version != 3 || got.Configs[0].Yaml != y ||
+		got.Configs[1].AgentId != b.Id || got.Configs[1].Version != 0 || got.Configs[1].Yaml != "" {
+		t.Fatalf("nothing known: %v", got)
 	}
-	for _, v := range got.Versions {
-		if w, ok := want[v.AgentId]; !ok || w != v.Version {
-			t.Errorf("agent %d: version %d, want %v", v.AgentId, v.Version, want)
+	if got, err := get(a.Id, 3, b.Id, 0); err != nil || len(got.Configs) != 0 {
+		t.Errorf("everything known: %v, %v; want no configs", got, err)
+	}
+	if got, err := get(a.Id, 2, b.Id, 0); err != nil || len(got.Configs) != 1 || got.Configs[0].Version != 3 {
+		t.Errorf("a at 2: %v, %v; want a at 3", got, err)
+	}
+	_, err = get(a.Id, 3, -1, 0)
+	wantCode(t, err, connect.CodeInvalidArgument, "known[1].agent_id")
+	_, err = get(a.Id, -2)
+	wantCode(t, err, connect.CodeInvalidArgument, "known[0].version")
+	_, err = env.Auth.GetAgentConfigs(ctx, &dataplanev1.GetAgentConfigsRequest{Known: make([]*dataplanev1.AgentConfigVersion, 10_001)})
+	wantCode(t, err, connect.CodeInvalidArgument, "at most 10000")
+
+	// More changed agents than one answer holds: truncated, then the rest.
+	var known []int64
+	for i := range 250 {
+		known = append(known, createAgent(t, env, 2, fmt.Sprintf("many-%d", i)).Id, -1)
+	}
+	first, err := get(known...)
+	if err != nil || len(first.Configs) != 200 || !first.Truncated {
+		t.Fatalf("250 unknown: %d configs, truncated %v, %v; want 200, true", len(first.Configs), first.Truncated, err)
+	}
+	for i := 0; i < len(known); i += 2 {
+		if i/2 < 200 {
+			known[i+1] = 0
 		}
 	}
-	if got, err := env.Auth.GetAgentConfigVersions(ctx, &dataplanev1.GetAgentConfigVersionsRequest{}); err != nil || len(got.Versions) != 0 {
-		t.Errorf("no IDs: %v, %v", got, err)
+	rest, err := get(known...)
+	if err != nil || len(rest.Configs) != 50 || rest.Truncated {
+		t.Fatalf("the rest: %d configs, truncated %v, %v; want 50, false", len(rest.Configs), rest.Truncated, err)
 	}
-	_, err = env.Auth.GetAgentConfigVersions(ctx, &dataplanev1.GetAgentConfigVersionsRequest{AgentIds: []int64{a.Id, -1}})
-	wantCode(t, err, connect.CodeInvalidArgument, "agent_ids[1]")
-	_, err = env.Auth.GetAgentConfigVersions(ctx, &dataplanev1.GetAgentConfigVersionsRequest{AgentIds: make([]int64, 10_001)})
-	wantCode(t, err, connect.CodeInvalidArgument, "at most 10000")
 }
 
 // authzFixture holds agents and credentials for the AuthorizeProxy matrix.

@@ -82,32 +82,33 @@ WHERE a.id = $1`, agentID).Scan(&version, &yaml)
 	return version, yaml, nil
 }
 
-// AgentConfigVersion is an agent's latest configuration version.
-type AgentConfigVersion struct {
-	AgentID int64
-	Version int64 // 0: no configuration
-}
-
-// AgentConfigVersions returns the latest configuration version of each
-// known agent among ids, ordered by agent ID; unknown agents are left out.
-func (s *Store) AgentConfigVersions(ctx context.Context, ids []int64) ([]AgentConfigVersion, error) {
+// ChangedAgentConfigs returns the latest configuration of each known agent
+// among ids whose version differs from the matching entry of versions,
+// ordered by agent ID, at most limit of them; version 0 and no YAML stand
+// for no configuration (CreatedAt is not set). Unknown agents are left out.
+func (s *Store) ChangedAgentConfigs(ctx context.Context, ids, versions []int64, limit int) ([]AgentConfig, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
 	rows, err := s.pool.Query(ctx, `
-SELECT a.id, coalesce((SELECT max(c.version) FROM agent_configs c WHERE c.agent_id = a.id), 0)
-FROM agents a
-WHERE a.id = ANY($1)
-ORDER BY a.id`, ids)
+SELECT a.id, coalesce(c.version, 0), coalesce(c.yaml, '')
+FROM unnest($1::bigint[], $2::bigint[]) AS k(agent_id, known)
+JOIN agents a ON a.id = k.agent_id
+LEFT JOIN LATERAL (
+    SELECT version, yaml FROM agent_configs WHERE agent_id = a.id ORDER BY version DESC LIMIT 1
+) c ON true
+WHERE coalesce(c.version, 0) <> k.known
+ORDER BY a.id
+LIMIT $3`, ids, versions, limit)
 	if err != nil {
-		return nil, fmt.Errorf("query agent config versions: %w", err)
+		return nil, fmt.Errorf("query changed agent configs: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (AgentConfigVersion, error) {
-		var v AgentConfigVersion
-		return v, r.Scan(&v.AgentID, &v.Version)
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (AgentConfig, error) {
+		var c AgentConfig
+		return c, r.Scan(&c.AgentID, &c.Version, &c.YAML)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("query agent config versions: %w", err)
+		return nil, fmt.Errorf("query changed agent configs: %w", err)
 	}
 	return out, nil
 }

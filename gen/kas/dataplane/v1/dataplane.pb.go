@@ -1760,28 +1760,28 @@ func (x *GetAgentConfigResponse) GetYaml() string {
 	return ""
 }
 
-type GetAgentConfigVersionsRequest struct {
+type GetAgentConfigsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// At most 10,000 agent IDs.
-	AgentIds      []int64 `protobuf:"varint,1,rep,packed,name=agent_ids,json=agentIds,proto3" json:"agent_ids,omitempty"`
+	// The versions the node knows, -1 for none; at most 10,000 agents.
+	Known         []*AgentConfigVersion `protobuf:"bytes,1,rep,name=known,proto3" json:"known,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *GetAgentConfigVersionsRequest) Reset() {
-	*x = GetAgentConfigVersionsRequest{}
+func (x *GetAgentConfigsRequest) Reset() {
+	*x = GetAgentConfigsRequest{}
 	mi := &file_kas_dataplane_v1_dataplane_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *GetAgentConfigVersionsRequest) String() string {
+func (x *GetAgentConfigsRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*GetAgentConfigVersionsRequest) ProtoMessage() {}
+func (*GetAgentConfigsRequest) ProtoMessage() {}
 
-func (x *GetAgentConfigVersionsRequest) ProtoReflect() protoreflect.Message {
+func (x *GetAgentConfigsRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_kas_dataplane_v1_dataplane_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1793,74 +1793,29 @@ func (x *GetAgentConfigVersionsRequest) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use GetAgentConfigVersionsRequest.ProtoReflect.Descriptor instead.
-func (*GetAgentConfigVersionsRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use GetAgentConfigsRequest.ProtoReflect.Descriptor instead.
+func (*GetAgentConfigsRequest) Descriptor() ([]byte, []int) {
 	return file_kas_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{29}
 }
 
-func (x *GetAgentConfigVersionsRequest) GetAgentIds() []int64 {
+func (x *GetAgentConfigsRequest) GetKnown() []*AgentConfigVersion {
 	if x != nil {
-		return x.AgentIds
-	}
-	return nil
-}
-
-type GetAgentConfigVersionsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Versions      []*AgentConfigVersion  `protobuf:"bytes,1,rep,name=versions,proto3" json:"versions,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GetAgentConfigVersionsResponse) Reset() {
-	*x = GetAgentConfigVersionsResponse{}
-	mi := &file_kas_dataplane_v1_dataplane_proto_msgTypes[30]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GetAgentConfigVersionsResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GetAgentConfigVersionsResponse) ProtoMessage() {}
-
-func (x *GetAgentConfigVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kas_dataplane_v1_dataplane_proto_msgTypes[30]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GetAgentConfigVersionsResponse.ProtoReflect.Descriptor instead.
-func (*GetAgentConfigVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_kas_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{30}
-}
-
-func (x *GetAgentConfigVersionsResponse) GetVersions() []*AgentConfigVersion {
-	if x != nil {
-		return x.Versions
+		return x.Known
 	}
 	return nil
 }
 
 type AgentConfigVersion struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	AgentId int64                  `protobuf:"varint,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
-	// 0 when the agent has no configuration.
-	Version       int64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AgentId       int64                  `protobuf:"varint,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	Version       int64                  `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AgentConfigVersion) Reset() {
 	*x = AgentConfigVersion{}
-	mi := &file_kas_dataplane_v1_dataplane_proto_msgTypes[31]
+	mi := &file_kas_dataplane_v1_dataplane_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1872,7 +1827,7 @@ func (x *AgentConfigVersion) String() string {
 func (*AgentConfigVersion) ProtoMessage() {}
 
 func (x *AgentConfigVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_kas_dataplane_v1_dataplane_proto_msgTypes[31]
+	mi := &file_kas_dataplane_v1_dataplane_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1885,7 +1840,7 @@ func (x *AgentConfigVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentConfigVersion.ProtoReflect.Descriptor instead.
 func (*AgentConfigVersion) Descriptor() ([]byte, []int) {
-	return file_kas_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{31}
+	return file_kas_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AgentConfigVersion) GetAgentId() int64 {
@@ -1900,6 +1855,121 @@ func (x *AgentConfigVersion) GetVersion() int64 {
 		return x.Version
 	}
 	return 0
+}
+
+type GetAgentConfigsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Agents whose version differs from the known one, by agent ID.
+	Configs []*AgentConfig `protobuf:"bytes,1,rep,name=configs,proto3" json:"configs,omitempty"`
+	// More agents differ than one response holds: ask again.
+	Truncated     bool `protobuf:"varint,2,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAgentConfigsResponse) Reset() {
+	*x = GetAgentConfigsResponse{}
+	mi := &file_kas_dataplane_v1_dataplane_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAgentConfigsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAgentConfigsResponse) ProtoMessage() {}
+
+func (x *GetAgentConfigsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kas_dataplane_v1_dataplane_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAgentConfigsResponse.ProtoReflect.Descriptor instead.
+func (*GetAgentConfigsResponse) Descriptor() ([]byte, []int) {
+	return file_kas_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *GetAgentConfigsResponse) GetConfigs() []*AgentConfig {
+	if x != nil {
+		return x.Configs
+	}
+	return nil
+}
+
+func (x *GetAgentConfigsResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
+type AgentConfig struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	AgentId int64                  `protobuf:"varint,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	// 0 and empty when the agent has no configuration (defaults apply).
+	Version       int64  `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Yaml          string `protobuf:"bytes,3,opt,name=yaml,proto3" json:"yaml,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentConfig) Reset() {
+	*x = AgentConfig{}
+	mi := &file_kas_dataplane_v1_dataplane_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentConfig) ProtoMessage() {}
+
+func (x *AgentConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_kas_dataplane_v1_dataplane_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentConfig.ProtoReflect.Descriptor instead.
+func (*AgentConfig) Descriptor() ([]byte, []int) {
+	return file_kas_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *AgentConfig) GetAgentId() int64 {
+	if x != nil {
+		return x.AgentId
+	}
+	return 0
+}
+
+func (x *AgentConfig) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *AgentConfig) GetYaml() string {
+	if x != nil {
+		return x.Yaml
+	}
+	return ""
 }
 
 var File_kas_dataplane_v1_dataplane_proto protoreflect.FileDescriptor
@@ -2023,14 +2093,19 @@ const file_kas_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\bagent_id\x18\x01 \x01(\x03R\aagentId\"F\n" +
 	"\x16GetAgentConfigResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x03R\aversion\x12\x12\n" +
-	"\x04yaml\x18\x02 \x01(\tR\x04yaml\"<\n" +
-	"\x1dGetAgentConfigVersionsRequest\x12\x1b\n" +
-	"\tagent_ids\x18\x01 \x03(\x03R\bagentIds\"b\n" +
-	"\x1eGetAgentConfigVersionsResponse\x12@\n" +
-	"\bversions\x18\x01 \x03(\v2$.kas.dataplane.v1.AgentConfigVersionR\bversions\"I\n" +
+	"\x04yaml\x18\x02 \x01(\tR\x04yaml\"T\n" +
+	"\x16GetAgentConfigsRequest\x12:\n" +
+	"\x05known\x18\x01 \x03(\v2$.kas.dataplane.v1.AgentConfigVersionR\x05known\"I\n" +
 	"\x12AgentConfigVersion\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\x03R\aagentId\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x03R\aversion2\xb8\x05\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\"p\n" +
+	"\x17GetAgentConfigsResponse\x127\n" +
+	"\aconfigs\x18\x01 \x03(\v2\x1d.kas.dataplane.v1.AgentConfigR\aconfigs\x12\x1c\n" +
+	"\ttruncated\x18\x02 \x01(\bR\ttruncated\"V\n" +
+	"\vAgentConfig\x12\x19\n" +
+	"\bagent_id\x18\x01 \x01(\x03R\aagentId\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\x12\x12\n" +
+	"\x04yaml\x18\x03 \x01(\tR\x04yaml2\xb8\x05\n" +
 	"\vNodeService\x12]\n" +
 	"\fRegisterNode\x12%.kas.dataplane.v1.RegisterNodeRequest\x1a&.kas.dataplane.v1.RegisterNodeResponse\x12T\n" +
 	"\tHeartbeat\x12\".kas.dataplane.v1.HeartbeatRequest\x1a#.kas.dataplane.v1.HeartbeatResponse\x12Z\n" +
@@ -2038,12 +2113,12 @@ const file_kas_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\x0eDeregisterNode\x12'.kas.dataplane.v1.DeregisterNodeRequest\x1a(.kas.dataplane.v1.DeregisterNodeResponse\x12f\n" +
 	"\x0fRegisterTunnels\x12(.kas.dataplane.v1.RegisterTunnelsRequest\x1a).kas.dataplane.v1.RegisterTunnelsResponse\x12l\n" +
 	"\x11UnregisterTunnels\x12*.kas.dataplane.v1.UnregisterTunnelsRequest\x1a+.kas.dataplane.v1.UnregisterTunnelsResponse\x12]\n" +
-	"\fResolveAgent\x12%.kas.dataplane.v1.ResolveAgentRequest\x1a&.kas.dataplane.v1.ResolveAgentResponse2\xc2\x03\n" +
+	"\fResolveAgent\x12%.kas.dataplane.v1.ResolveAgentRequest\x1a&.kas.dataplane.v1.ResolveAgentResponse2\xad\x03\n" +
 	"\vAuthService\x12l\n" +
 	"\x11AuthenticateAgent\x12*.kas.dataplane.v1.AuthenticateAgentRequest\x1a+.kas.dataplane.v1.AuthenticateAgentResponse\x12c\n" +
 	"\x0eAuthorizeProxy\x12'.kas.dataplane.v1.AuthorizeProxyRequest\x1a(.kas.dataplane.v1.AuthorizeProxyResponse\x12c\n" +
-	"\x0eGetAgentConfig\x12'.kas.dataplane.v1.GetAgentConfigRequest\x1a(.kas.dataplane.v1.GetAgentConfigResponse\x12{\n" +
-	"\x16GetAgentConfigVersions\x12/.kas.dataplane.v1.GetAgentConfigVersionsRequest\x1a0.kas.dataplane.v1.GetAgentConfigVersionsResponseB\xc5\x01\n" +
+	"\x0eGetAgentConfig\x12'.kas.dataplane.v1.GetAgentConfigRequest\x1a(.kas.dataplane.v1.GetAgentConfigResponse\x12f\n" +
+	"\x0fGetAgentConfigs\x12(.kas.dataplane.v1.GetAgentConfigsRequest\x1a).kas.dataplane.v1.GetAgentConfigsResponseB\xc5\x01\n" +
 	"\x14com.kas.dataplane.v1B\x0eDataplaneProtoP\x01Z;github.com/kas-project/kas/gen/kas/dataplane/v1;dataplanev1\xa2\x02\x03KDX\xaa\x02\x10Kas.Dataplane.V1\xca\x02\x10Kas\\Dataplane\\V1\xe2\x02\x1cKas\\Dataplane\\V1\\GPBMetadata\xea\x02\x12Kas::Dataplane::V1b\x06proto3"
 
 var (
@@ -2059,52 +2134,53 @@ func file_kas_dataplane_v1_dataplane_proto_rawDescGZIP() []byte {
 }
 
 var file_kas_dataplane_v1_dataplane_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kas_dataplane_v1_dataplane_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_kas_dataplane_v1_dataplane_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_kas_dataplane_v1_dataplane_proto_goTypes = []any{
-	(AuthorizeProxyResponse_Decision)(0),   // 0: kas.dataplane.v1.AuthorizeProxyResponse.Decision
-	(*RegisterNodeRequest)(nil),            // 1: kas.dataplane.v1.RegisterNodeRequest
-	(*RegisterNodeResponse)(nil),           // 2: kas.dataplane.v1.RegisterNodeResponse
-	(*HeartbeatRequest)(nil),               // 3: kas.dataplane.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),              // 4: kas.dataplane.v1.HeartbeatResponse
-	(*SetDrainingRequest)(nil),             // 5: kas.dataplane.v1.SetDrainingRequest
-	(*SetDrainingResponse)(nil),            // 6: kas.dataplane.v1.SetDrainingResponse
-	(*DeregisterNodeRequest)(nil),          // 7: kas.dataplane.v1.DeregisterNodeRequest
-	(*DeregisterNodeResponse)(nil),         // 8: kas.dataplane.v1.DeregisterNodeResponse
-	(*Tunnel)(nil),                         // 9: kas.dataplane.v1.Tunnel
-	(*RegisterTunnelsRequest)(nil),         // 10: kas.dataplane.v1.RegisterTunnelsRequest
-	(*RegisterTunnelsResponse)(nil),        // 11: kas.dataplane.v1.RegisterTunnelsResponse
-	(*UnregisterTunnelsRequest)(nil),       // 12: kas.dataplane.v1.UnregisterTunnelsRequest
-	(*UnregisterTunnelsResponse)(nil),      // 13: kas.dataplane.v1.UnregisterTunnelsResponse
-	(*AgentNode)(nil),                      // 14: kas.dataplane.v1.AgentNode
-	(*ResolveAgentRequest)(nil),            // 15: kas.dataplane.v1.ResolveAgentRequest
-	(*ResolveAgentResponse)(nil),           // 16: kas.dataplane.v1.ResolveAgentResponse
-	(*AuthenticateAgentRequest)(nil),       // 17: kas.dataplane.v1.AuthenticateAgentRequest
-	(*AuthenticateAgentResponse)(nil),      // 18: kas.dataplane.v1.AuthenticateAgentResponse
-	(*AccessAs)(nil),                       // 19: kas.dataplane.v1.AccessAs
-	(*AccessAsAgent)(nil),                  // 20: kas.dataplane.v1.AccessAsAgent
-	(*AccessAsUser)(nil),                   // 21: kas.dataplane.v1.AccessAsUser
-	(*AccessAsCIJob)(nil),                  // 22: kas.dataplane.v1.AccessAsCIJob
-	(*AccessAsImpersonate)(nil),            // 23: kas.dataplane.v1.AccessAsImpersonate
-	(*ExtraValues)(nil),                    // 24: kas.dataplane.v1.ExtraValues
-	(*Impersonation)(nil),                  // 25: kas.dataplane.v1.Impersonation
-	(*AuthorizeProxyRequest)(nil),          // 26: kas.dataplane.v1.AuthorizeProxyRequest
-	(*AuthorizeProxyResponse)(nil),         // 27: kas.dataplane.v1.AuthorizeProxyResponse
-	(*GetAgentConfigRequest)(nil),          // 28: kas.dataplane.v1.GetAgentConfigRequest
-	(*GetAgentConfigResponse)(nil),         // 29: kas.dataplane.v1.GetAgentConfigResponse
-	(*GetAgentConfigVersionsRequest)(nil),  // 30: kas.dataplane.v1.GetAgentConfigVersionsRequest
-	(*GetAgentConfigVersionsResponse)(nil), // 31: kas.dataplane.v1.GetAgentConfigVersionsResponse
-	(*AgentConfigVersion)(nil),             // 32: kas.dataplane.v1.AgentConfigVersion
-	nil,                                    // 33: kas.dataplane.v1.AccessAsImpersonate.ExtraEntry
-	nil,                                    // 34: kas.dataplane.v1.Impersonation.ExtraEntry
-	(*durationpb.Duration)(nil),            // 35: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),          // 36: google.protobuf.Timestamp
+	(AuthorizeProxyResponse_Decision)(0), // 0: kas.dataplane.v1.AuthorizeProxyResponse.Decision
+	(*RegisterNodeRequest)(nil),          // 1: kas.dataplane.v1.RegisterNodeRequest
+	(*RegisterNodeResponse)(nil),         // 2: kas.dataplane.v1.RegisterNodeResponse
+	(*HeartbeatRequest)(nil),             // 3: kas.dataplane.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),            // 4: kas.dataplane.v1.HeartbeatResponse
+	(*SetDrainingRequest)(nil),           // 5: kas.dataplane.v1.SetDrainingRequest
+	(*SetDrainingResponse)(nil),          // 6: kas.dataplane.v1.SetDrainingResponse
+	(*DeregisterNodeRequest)(nil),        // 7: kas.dataplane.v1.DeregisterNodeRequest
+	(*DeregisterNodeResponse)(nil),       // 8: kas.dataplane.v1.DeregisterNodeResponse
+	(*Tunnel)(nil),                       // 9: kas.dataplane.v1.Tunnel
+	(*RegisterTunnelsRequest)(nil),       // 10: kas.dataplane.v1.RegisterTunnelsRequest
+	(*RegisterTunnelsResponse)(nil),      // 11: kas.dataplane.v1.RegisterTunnelsResponse
+	(*UnregisterTunnelsRequest)(nil),     // 12: kas.dataplane.v1.UnregisterTunnelsRequest
+	(*UnregisterTunnelsResponse)(nil),    // 13: kas.dataplane.v1.UnregisterTunnelsResponse
+	(*AgentNode)(nil),                    // 14: kas.dataplane.v1.AgentNode
+	(*ResolveAgentRequest)(nil),          // 15: kas.dataplane.v1.ResolveAgentRequest
+	(*ResolveAgentResponse)(nil),         // 16: kas.dataplane.v1.ResolveAgentResponse
+	(*AuthenticateAgentRequest)(nil),     // 17: kas.dataplane.v1.AuthenticateAgentRequest
+	(*AuthenticateAgentResponse)(nil),    // 18: kas.dataplane.v1.AuthenticateAgentResponse
+	(*AccessAs)(nil),                     // 19: kas.dataplane.v1.AccessAs
+	(*AccessAsAgent)(nil),                // 20: kas.dataplane.v1.AccessAsAgent
+	(*AccessAsUser)(nil),                 // 21: kas.dataplane.v1.AccessAsUser
+	(*AccessAsCIJob)(nil),                // 22: kas.dataplane.v1.AccessAsCIJob
+	(*AccessAsImpersonate)(nil),          // 23: kas.dataplane.v1.AccessAsImpersonate
+	(*ExtraValues)(nil),                  // 24: kas.dataplane.v1.ExtraValues
+	(*Impersonation)(nil),                // 25: kas.dataplane.v1.Impersonation
+	(*AuthorizeProxyRequest)(nil),        // 26: kas.dataplane.v1.AuthorizeProxyRequest
+	(*AuthorizeProxyResponse)(nil),       // 27: kas.dataplane.v1.AuthorizeProxyResponse
+	(*GetAgentConfigRequest)(nil),        // 28: kas.dataplane.v1.GetAgentConfigRequest
+	(*GetAgentConfigResponse)(nil),       // 29: kas.dataplane.v1.GetAgentConfigResponse
+	(*GetAgentConfigsRequest)(nil),       // 30: kas.dataplane.v1.GetAgentConfigsRequest
+	(*AgentConfigVersion)(nil),           // 31: kas.dataplane.v1.AgentConfigVersion
+	(*GetAgentConfigsResponse)(nil),      // 32: kas.dataplane.v1.GetAgentConfigsResponse
+	(*AgentConfig)(nil),                  // 33: kas.dataplane.v1.AgentConfig
+	nil,                                  // 34: kas.dataplane.v1.AccessAsImpersonate.ExtraEntry
+	nil,                                  // 35: kas.dataplane.v1.Impersonation.ExtraEntry
+	(*durationpb.Duration)(nil),          // 36: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),        // 37: google.protobuf.Timestamp
 }
 var file_kas_dataplane_v1_dataplane_proto_depIdxs = []int32{
-	35, // 0: kas.dataplane.v1.RegisterNodeResponse.lease_ttl:type_name -> google.protobuf.Duration
-	35, // 1: kas.dataplane.v1.RegisterNodeResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	36, // 2: kas.dataplane.v1.RegisterNodeResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	36, // 3: kas.dataplane.v1.HeartbeatResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	36, // 4: kas.dataplane.v1.Tunnel.connected_at:type_name -> google.protobuf.Timestamp
+	36, // 0: kas.dataplane.v1.RegisterNodeResponse.lease_ttl:type_name -> google.protobuf.Duration
+	36, // 1: kas.dataplane.v1.RegisterNodeResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	37, // 2: kas.dataplane.v1.RegisterNodeResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	37, // 3: kas.dataplane.v1.HeartbeatResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	37, // 4: kas.dataplane.v1.Tunnel.connected_at:type_name -> google.protobuf.Timestamp
 	9,  // 5: kas.dataplane.v1.RegisterTunnelsRequest.tunnels:type_name -> kas.dataplane.v1.Tunnel
 	9,  // 6: kas.dataplane.v1.UnregisterTunnelsRequest.tunnels:type_name -> kas.dataplane.v1.Tunnel
 	14, // 7: kas.dataplane.v1.ResolveAgentResponse.nodes:type_name -> kas.dataplane.v1.AgentNode
@@ -2112,42 +2188,43 @@ var file_kas_dataplane_v1_dataplane_proto_depIdxs = []int32{
 	21, // 9: kas.dataplane.v1.AccessAs.user:type_name -> kas.dataplane.v1.AccessAsUser
 	22, // 10: kas.dataplane.v1.AccessAs.ci_job:type_name -> kas.dataplane.v1.AccessAsCIJob
 	23, // 11: kas.dataplane.v1.AccessAs.impersonate:type_name -> kas.dataplane.v1.AccessAsImpersonate
-	33, // 12: kas.dataplane.v1.AccessAsImpersonate.extra:type_name -> kas.dataplane.v1.AccessAsImpersonate.ExtraEntry
-	34, // 13: kas.dataplane.v1.Impersonation.extra:type_name -> kas.dataplane.v1.Impersonation.ExtraEntry
+	34, // 12: kas.dataplane.v1.AccessAsImpersonate.extra:type_name -> kas.dataplane.v1.AccessAsImpersonate.ExtraEntry
+	35, // 13: kas.dataplane.v1.Impersonation.extra:type_name -> kas.dataplane.v1.Impersonation.ExtraEntry
 	0,  // 14: kas.dataplane.v1.AuthorizeProxyResponse.decision:type_name -> kas.dataplane.v1.AuthorizeProxyResponse.Decision
 	19, // 15: kas.dataplane.v1.AuthorizeProxyResponse.access_as:type_name -> kas.dataplane.v1.AccessAs
 	25, // 16: kas.dataplane.v1.AuthorizeProxyResponse.impersonation:type_name -> kas.dataplane.v1.Impersonation
-	35, // 17: kas.dataplane.v1.AuthorizeProxyResponse.cache_ttl:type_name -> google.protobuf.Duration
-	32, // 18: kas.dataplane.v1.GetAgentConfigVersionsResponse.versions:type_name -> kas.dataplane.v1.AgentConfigVersion
-	24, // 19: kas.dataplane.v1.AccessAsImpersonate.ExtraEntry.value:type_name -> kas.dataplane.v1.ExtraValues
-	24, // 20: kas.dataplane.v1.Impersonation.ExtraEntry.value:type_name -> kas.dataplane.v1.ExtraValues
-	1,  // 21: kas.dataplane.v1.NodeService.RegisterNode:input_type -> kas.dataplane.v1.RegisterNodeRequest
-	3,  // 22: kas.dataplane.v1.NodeService.Heartbeat:input_type -> kas.dataplane.v1.HeartbeatRequest
-	5,  // 23: kas.dataplane.v1.NodeService.SetDraining:input_type -> kas.dataplane.v1.SetDrainingRequest
-	7,  // 24: kas.dataplane.v1.NodeService.DeregisterNode:input_type -> kas.dataplane.v1.DeregisterNodeRequest
-	10, // 25: kas.dataplane.v1.NodeService.RegisterTunnels:input_type -> kas.dataplane.v1.RegisterTunnelsRequest
-	12, // 26: kas.dataplane.v1.NodeService.UnregisterTunnels:input_type -> kas.dataplane.v1.UnregisterTunnelsRequest
-	15, // 27: kas.dataplane.v1.NodeService.ResolveAgent:input_type -> kas.dataplane.v1.ResolveAgentRequest
-	17, // 28: kas.dataplane.v1.AuthService.AuthenticateAgent:input_type -> kas.dataplane.v1.AuthenticateAgentRequest
-	26, // 29: kas.dataplane.v1.AuthService.AuthorizeProxy:input_type -> kas.dataplane.v1.AuthorizeProxyRequest
-	28, // 30: kas.dataplane.v1.AuthService.GetAgentConfig:input_type -> kas.dataplane.v1.GetAgentConfigRequest
-	30, // 31: kas.dataplane.v1.AuthService.GetAgentConfigVersions:input_type -> kas.dataplane.v1.GetAgentConfigVersionsRequest
-	2,  // 32: kas.dataplane.v1.NodeService.RegisterNode:output_type -> kas.dataplane.v1.RegisterNodeResponse
-	4,  // 33: kas.dataplane.v1.NodeService.Heartbeat:output_type -> kas.dataplane.v1.HeartbeatResponse
-	6,  // 34: kas.dataplane.v1.NodeService.SetDraining:output_type -> kas.dataplane.v1.SetDrainingResponse
-	8,  // 35: kas.dataplane.v1.NodeService.DeregisterNode:output_type -> kas.dataplane.v1.DeregisterNodeResponse
-	11, // 36: kas.dataplane.v1.NodeService.RegisterTunnels:output_type -> kas.dataplane.v1.RegisterTunnelsResponse
-	13, // 37: kas.dataplane.v1.NodeService.UnregisterTunnels:output_type -> kas.dataplane.v1.UnregisterTunnelsResponse
-	16, // 38: kas.dataplane.v1.NodeService.ResolveAgent:output_type -> kas.dataplane.v1.ResolveAgentResponse
-	18, // 39: kas.dataplane.v1.AuthService.AuthenticateAgent:output_type -> kas.dataplane.v1.AuthenticateAgentResponse
-	27, // 40: kas.dataplane.v1.AuthService.AuthorizeProxy:output_type -> kas.dataplane.v1.AuthorizeProxyResponse
-	29, // 41: kas.dataplane.v1.AuthService.GetAgentConfig:output_type -> kas.dataplane.v1.GetAgentConfigResponse
-	31, // 42: kas.dataplane.v1.AuthService.GetAgentConfigVersions:output_type -> kas.dataplane.v1.GetAgentConfigVersionsResponse
-	32, // [32:43] is the sub-list for method output_type
-	21, // [21:32] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	36, // 17: kas.dataplane.v1.AuthorizeProxyResponse.cache_ttl:type_name -> google.protobuf.Duration
+	31, // 18: kas.dataplane.v1.GetAgentConfigsRequest.known:type_name -> kas.dataplane.v1.AgentConfigVersion
+	33, // 19: kas.dataplane.v1.GetAgentConfigsResponse.configs:type_name -> kas.dataplane.v1.AgentConfig
+	24, // 20: kas.dataplane.v1.AccessAsImpersonate.ExtraEntry.value:type_name -> kas.dataplane.v1.ExtraValues
+	24, // 21: kas.dataplane.v1.Impersonation.ExtraEntry.value:type_name -> kas.dataplane.v1.ExtraValues
+	1,  // 22: kas.dataplane.v1.NodeService.RegisterNode:input_type -> kas.dataplane.v1.RegisterNodeRequest
+	3,  // 23: kas.dataplane.v1.NodeService.Heartbeat:input_type -> kas.dataplane.v1.HeartbeatRequest
+	5,  // 24: kas.dataplane.v1.NodeService.SetDraining:input_type -> kas.dataplane.v1.SetDrainingRequest
+	7,  // 25: kas.dataplane.v1.NodeService.DeregisterNode:input_type -> kas.dataplane.v1.DeregisterNodeRequest
+	10, // 26: kas.dataplane.v1.NodeService.RegisterTunnels:input_type -> kas.dataplane.v1.RegisterTunnelsRequest
+	12, // 27: kas.dataplane.v1.NodeService.UnregisterTunnels:input_type -> kas.dataplane.v1.UnregisterTunnelsRequest
+	15, // 28: kas.dataplane.v1.NodeService.ResolveAgent:input_type -> kas.dataplane.v1.ResolveAgentRequest
+	17, // 29: kas.dataplane.v1.AuthService.AuthenticateAgent:input_type -> kas.dataplane.v1.AuthenticateAgentRequest
+	26, // 30: kas.dataplane.v1.AuthService.AuthorizeProxy:input_type -> kas.dataplane.v1.AuthorizeProxyRequest
+	28, // 31: kas.dataplane.v1.AuthService.GetAgentConfig:input_type -> kas.dataplane.v1.GetAgentConfigRequest
+	30, // 32: kas.dataplane.v1.AuthService.GetAgentConfigs:input_type -> kas.dataplane.v1.GetAgentConfigsRequest
+	2,  // 33: kas.dataplane.v1.NodeService.RegisterNode:output_type -> kas.dataplane.v1.RegisterNodeResponse
+	4,  // 34: kas.dataplane.v1.NodeService.Heartbeat:output_type -> kas.dataplane.v1.HeartbeatResponse
+	6,  // 35: kas.dataplane.v1.NodeService.SetDraining:output_type -> kas.dataplane.v1.SetDrainingResponse
+	8,  // 36: kas.dataplane.v1.NodeService.DeregisterNode:output_type -> kas.dataplane.v1.DeregisterNodeResponse
+	11, // 37: kas.dataplane.v1.NodeService.RegisterTunnels:output_type -> kas.dataplane.v1.RegisterTunnelsResponse
+	13, // 38: kas.dataplane.v1.NodeService.UnregisterTunnels:output_type -> kas.dataplane.v1.UnregisterTunnelsResponse
+	16, // 39: kas.dataplane.v1.NodeService.ResolveAgent:output_type -> kas.dataplane.v1.ResolveAgentResponse
+	18, // 40: kas.dataplane.v1.AuthService.AuthenticateAgent:output_type -> kas.dataplane.v1.AuthenticateAgentResponse
+	27, // 41: kas.dataplane.v1.AuthService.AuthorizeProxy:output_type -> kas.dataplane.v1.AuthorizeProxyResponse
+	29, // 42: kas.dataplane.v1.AuthService.GetAgentConfig:output_type -> kas.dataplane.v1.GetAgentConfigResponse
+	32, // 43: kas.dataplane.v1.AuthService.GetAgentConfigs:output_type -> kas.dataplane.v1.GetAgentConfigsResponse
+	33, // [33:44] is the sub-list for method output_type
+	22, // [22:33] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_kas_dataplane_v1_dataplane_proto_init() }
@@ -2172,7 +2249,7 @@ func file_kas_dataplane_v1_dataplane_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kas_dataplane_v1_dataplane_proto_rawDesc), len(file_kas_dataplane_v1_dataplane_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   34,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

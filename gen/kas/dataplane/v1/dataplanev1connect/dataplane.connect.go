@@ -67,9 +67,9 @@ const (
 	// AuthServiceGetAgentConfigProcedure is the fully-qualified name of the AuthService's
 	// GetAgentConfig RPC.
 	AuthServiceGetAgentConfigProcedure = "/kas.dataplane.v1.AuthService/GetAgentConfig"
-	// AuthServiceGetAgentConfigVersionsProcedure is the fully-qualified name of the AuthService's
-	// GetAgentConfigVersions RPC.
-	AuthServiceGetAgentConfigVersionsProcedure = "/kas.dataplane.v1.AuthService/GetAgentConfigVersions"
+	// AuthServiceGetAgentConfigsProcedure is the fully-qualified name of the AuthService's
+	// GetAgentConfigs RPC.
+	AuthServiceGetAgentConfigsProcedure = "/kas.dataplane.v1.AuthService/GetAgentConfigs"
 )
 
 // NodeServiceClient is a client for the kas.dataplane.v1.NodeService service.
@@ -362,11 +362,11 @@ type AuthServiceClient interface {
 	AuthorizeProxy(context.Context, *v1.AuthorizeProxyRequest) (*v1.AuthorizeProxyResponse, error)
 	// GetAgentConfig returns the agent's current configuration and version.
 	GetAgentConfig(context.Context, *v1.GetAgentConfigRequest) (*v1.GetAgentConfigResponse, error)
-	// GetAgentConfigVersions returns the current configuration version of
-	// each of the given agents (0: no configuration) in one call, so that a
-	// node can notice new versions for every agent it holds by polling.
+	// GetAgentConfigs returns, in one call, the current configuration of
+	// each given agent whose version differs from the one the node knows, so
+	// that a node holding many agents notices new versions by polling.
 	// Unknown agents are left out.
-	GetAgentConfigVersions(context.Context, *v1.GetAgentConfigVersionsRequest) (*v1.GetAgentConfigVersionsResponse, error)
+	GetAgentConfigs(context.Context, *v1.GetAgentConfigsRequest) (*v1.GetAgentConfigsResponse, error)
 }
 
 // NewAuthServiceClient constructs a client for the kas.dataplane.v1.AuthService service. By
@@ -398,10 +398,10 @@ func NewAuthServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(authServiceMethods.ByName("GetAgentConfig")),
 			connect.WithClientOptions(opts...),
 		),
-		getAgentConfigVersions: connect.NewClient[v1.GetAgentConfigVersionsRequest, v1.GetAgentConfigVersionsResponse](
+		getAgentConfigs: connect.NewClient[v1.GetAgentConfigsRequest, v1.GetAgentConfigsResponse](
 			httpClient,
-			baseURL+AuthServiceGetAgentConfigVersionsProcedure,
-			connect.WithSchema(authServiceMethods.ByName("GetAgentConfigVersions")),
+			baseURL+AuthServiceGetAgentConfigsProcedure,
+			connect.WithSchema(authServiceMethods.ByName("GetAgentConfigs")),
 			connect.WithClientOptions(opts...),
 		),
 	}
@@ -409,10 +409,10 @@ func NewAuthServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 
 // authServiceClient implements AuthServiceClient.
 type authServiceClient struct {
-	authenticateAgent      *connect.Client[v1.AuthenticateAgentRequest, v1.AuthenticateAgentResponse]
-	authorizeProxy         *connect.Client[v1.AuthorizeProxyRequest, v1.AuthorizeProxyResponse]
-	getAgentConfig         *connect.Client[v1.GetAgentConfigRequest, v1.GetAgentConfigResponse]
-	getAgentConfigVersions *connect.Client[v1.GetAgentConfigVersionsRequest, v1.GetAgentConfigVersionsResponse]
+	authenticateAgent *connect.Client[v1.AuthenticateAgentRequest, v1.AuthenticateAgentResponse]
+	authorizeProxy    *connect.Client[v1.AuthorizeProxyRequest, v1.AuthorizeProxyResponse]
+	getAgentConfig    *connect.Client[v1.GetAgentConfigRequest, v1.GetAgentConfigResponse]
+	getAgentConfigs   *connect.Client[v1.GetAgentConfigsRequest, v1.GetAgentConfigsResponse]
 }
 
 // AuthenticateAgent calls kas.dataplane.v1.AuthService.AuthenticateAgent.
@@ -442,9 +442,9 @@ func (c *authServiceClient) GetAgentConfig(ctx context.Context, req *v1.GetAgent
 	return nil, err
 }
 
-// GetAgentConfigVersions calls kas.dataplane.v1.AuthService.GetAgentConfigVersions.
-func (c *authServiceClient) GetAgentConfigVersions(ctx context.Context, req *v1.GetAgentConfigVersionsRequest) (*v1.GetAgentConfigVersionsResponse, error) {
-	response, err := c.getAgentConfigVersions.CallUnary(ctx, connect.NewRequest(req))
+// GetAgentConfigs calls kas.dataplane.v1.AuthService.GetAgentConfigs.
+func (c *authServiceClient) GetAgentConfigs(ctx context.Context, req *v1.GetAgentConfigsRequest) (*v1.GetAgentConfigsResponse, error) {
+	response, err := c.getAgentConfigs.CallUnary(ctx, connect.NewRequest(req))
 	if response != nil {
 		return response.Msg, err
 	}
@@ -461,11 +461,11 @@ type AuthServiceHandler interface {
 	AuthorizeProxy(context.Context, *v1.AuthorizeProxyRequest) (*v1.AuthorizeProxyResponse, error)
 	// GetAgentConfig returns the agent's current configuration and version.
 	GetAgentConfig(context.Context, *v1.GetAgentConfigRequest) (*v1.GetAgentConfigResponse, error)
-	// GetAgentConfigVersions returns the current configuration version of
-	// each of the given agents (0: no configuration) in one call, so that a
-	// node can notice new versions for every agent it holds by polling.
+	// GetAgentConfigs returns, in one call, the current configuration of
+	// each given agent whose version differs from the one the node knows, so
+	// that a node holding many agents notices new versions by polling.
 	// Unknown agents are left out.
-	GetAgentConfigVersions(context.Context, *v1.GetAgentConfigVersionsRequest) (*v1.GetAgentConfigVersionsResponse, error)
+	GetAgentConfigs(context.Context, *v1.GetAgentConfigsRequest) (*v1.GetAgentConfigsResponse, error)
 }
 
 // NewAuthServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -493,10 +493,10 @@ func NewAuthServiceHandler(svc AuthServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(authServiceMethods.ByName("GetAgentConfig")),
 		connect.WithHandlerOptions(opts...),
 	)
-	authServiceGetAgentConfigVersionsHandler := connect.NewUnaryHandlerSimple(
-		AuthServiceGetAgentConfigVersionsProcedure,
-		svc.GetAgentConfigVersions,
-		connect.WithSchema(authServiceMethods.ByName("GetAgentConfigVersions")),
+	authServiceGetAgentConfigsHandler := connect.NewUnaryHandlerSimple(
+		AuthServiceGetAgentConfigsProcedure,
+		svc.GetAgentConfigs,
+		connect.WithSchema(authServiceMethods.ByName("GetAgentConfigs")),
 		connect.WithHandlerOptions(opts...),
 	)
 	return "/kas.dataplane.v1.AuthService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -507,8 +507,8 @@ func NewAuthServiceHandler(svc AuthServiceHandler, opts ...connect.HandlerOption
 			authServiceAuthorizeProxyHandler.ServeHTTP(w, r)
 		case AuthServiceGetAgentConfigProcedure:
 			authServiceGetAgentConfigHandler.ServeHTTP(w, r)
-		case AuthServiceGetAgentConfigVersionsProcedure:
-			authServiceGetAgentConfigVersionsHandler.ServeHTTP(w, r)
+		case AuthServiceGetAgentConfigsProcedure:
+			authServiceGetAgentConfigsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -530,6 +530,6 @@ func (UnimplementedAuthServiceHandler) GetAgentConfig(context.Context, *v1.GetAg
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kas.dataplane.v1.AuthService.GetAgentConfig is not implemented"))
 }
 
-func (UnimplementedAuthServiceHandler) GetAgentConfigVersions(context.Context, *v1.GetAgentConfigVersionsRequest) (*v1.GetAgentConfigVersionsResponse, error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kas.dataplane.v1.AuthService.GetAgentConfigVersions is not implemented"))
+func (UnimplementedAuthServiceHandler) GetAgentConfigs(context.Context, *v1.GetAgentConfigsRequest) (*v1.GetAgentConfigsResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kas.dataplane.v1.AuthService.GetAgentConfigs is not implemented"))
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kas-project/kas/dataplane/tunnel"
+	"github.com/kas-project/kas/internal/agentconfig"
 	"github.com/kas-project/kas/internal/obs"
 )
 
@@ -48,6 +49,8 @@ type Agent struct {
 	// its context ended.
 	hardCtx  context.Context
 	hardStop context.CancelFunc
+
+	cfg configState // the configuration delivered last
 }
 
 // tun is one tunnel of the pool.
@@ -84,6 +87,10 @@ func New(o Options) (*Agent, error) {
 		changed: make(chan struct{}),
 		ready:   make(chan struct{}),
 	}
+	a.cfg.version = -1
+	if r.LogLevel != nil {
+		a.cfg.baseLevel = r.LogLevel.Level()
+	}
 	a.hardCtx, a.hardStop = context.WithCancel(context.Background())
 	if r.agentID != 0 {
 		a.logCtx = obs.WithAgentID(a.logCtx, r.agentID)
@@ -101,6 +108,10 @@ func New(o Options) (*Agent, error) {
 	}
 	metered := obs.HTTPMetrics(a.reg, "agentk", proxy)
 	a.proxy = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if agentconfig.IsDelivery(r) {
+			a.serveConfig(w, r)
+			return
+		}
 		// Requests and responses stream both ways at once (the HTTP/1
 		// server would otherwise read the whole request body before the
 		// response starts).

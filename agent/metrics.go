@@ -12,6 +12,7 @@ type metrics struct {
 	tunnels      *prometheus.Desc
 	streams      *prometheus.Desc
 	bytes        *prometheus.Desc
+	config       *prometheus.Desc
 }
 
 func newMetrics(a *Agent) *metrics {
@@ -31,6 +32,8 @@ func newMetrics(a *Agent) *metrics {
 			"Streams the nodes opened on this agent's tunnels (one HTTP/1.1 connection each).", nil, nil),
 		bytes: prometheus.NewDesc("agentk_tunnel_bytes_total",
 			"Stream payload bytes, by direction: in (from the nodes) or out (to the nodes).", []string{"direction"}, nil),
+		config: prometheus.NewDesc("agentk_config_version",
+			"Version of the agent configuration applied last: 0 for none, -1 before the nodes delivered one.", nil, nil),
 	}
 }
 
@@ -41,6 +44,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.tunnels
 	ch <- m.streams
 	ch <- m.bytes
+	ch <- m.config
 }
 
 // Collect implements prometheus.Collector.
@@ -68,4 +72,5 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.streams, prometheus.CounterValue, float64(sum.StreamsAccepted))
 	ch <- prometheus.MustNewConstMetric(m.bytes, prometheus.CounterValue, float64(sum.BytesIn), "in")
 	ch <- prometheus.MustNewConstMetric(m.bytes, prometheus.CounterValue, float64(sum.BytesOut), "out")
+	ch <- prometheus.MustNewConstMetric(m.config, prometheus.GaugeValue, float64(a.ConfigVersion()))
 }

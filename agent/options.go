@@ -142,6 +142,12 @@ type Options struct {
 	// attribute: build it with obs.NewLogger (or wrap its handler in
 	// obs.ContextHandler) to see the IDs.
 	Logger *slog.Logger
+	// LogLevel, when Logger's handler takes its level from it, lets the
+	// agent's configuration (observability.logging.level, delivered by
+	// the nodes) change the level at run time; without a level in the
+	// configuration it returns to its value at New. Nil: the
+	// configuration's level is ignored.
+	LogLevel *slog.LevelVar
 	// Registry receives the agent's metrics and is served on /metrics;
 	// default a new one with the Go and process collectors.
 	Registry *prometheus.Registry

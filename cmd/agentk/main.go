@@ -199,7 +199,16 @@ func (c cli) run(ctx context.Context, args []string) int {
 		fmt.Fprintf(c.stderr, "agentk: unexpected argument %q\n\n%s", rest[0], usage())
 		return exitUsage
 	}
-	log, err := obs.NewLogger(c.stderr, cfg.logLevel, cfg.logFormat, c.terminal)
+	// The agent's configuration may change the level (observability.logging.level).
+	level := new(slog.LevelVar)
+	lvl, err := obs.ParseLevel(cfg.logLevel)
+	level.Set(lvl)
+	var log *slog.Logger
+	if err != nil {
+		err = fmt.Errorf("log level: %w", err)
+	} else {
+		log, err = obs.NewLoggerLevel(c.stderr, level, cfg.logFormat, c.terminal)
+	}
 	if err != nil {
 		fmt.Fprintf(c.stderr, "agentk: %s (--log-level, --log-format)\n", err)
 		return exitUsage
@@ -207,7 +216,7 @@ func (c cli) run(ctx context.Context, args []string) int {
 	if c.setLogger != nil {
 		c.setLogger(log)
 	}
-	cfg.opts.Logger = log
+	cfg.opts.Logger, cfg.opts.LogLevel = log, level
 	if err := cfg.opts.Validate(); err != nil {
 		ps := strings.Split(err.Error(), "\n")
 		fmt.Fprintf(c.stderr, "agentk: invalid configuration (%d %s):\n", len(ps), plural(len(ps), "problem"))

@@ -62,6 +62,12 @@ func NewLogger(w io.Writer, level, format string, terminal bool) (*slog.Logger, 
 	if err != nil {
 		return nil, fmt.Errorf("log level: %w", err)
 	}
+	return NewLoggerLevel(w, lvl, format, terminal)
+}
+
+// NewLoggerLevel is NewLogger with the level given as a slog.Leveler: a
+// *slog.LevelVar lets the program change it at run time.
+func NewLoggerLevel(w io.Writer, lvl slog.Leveler, format string, terminal bool) (*slog.Logger, error) {
 	if err := CheckFormat(format); err != nil {
 		return nil, fmt.Errorf("log format: %w", err)
 	}

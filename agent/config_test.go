@@ -50,7 +50,7 @@ func TestConfigDelivery(t *testing.T) {
 		{2, "observability:\n  logging:\n    level: debug\n", http.StatusNoContent, slog.LevelDebug, 2},
 		{1, "observability: {logging: {level: error}}\n", http.StatusNoContent, slog.LevelDebug, 2}, // older: ignored
 		{2, "observability: {logging: {level: error}}\n", http.StatusNoContent, slog.LevelDebug, 2}, // repeated: ignored
-		{3, "ci_access: {}\n", http.StatusNoContent, slog.LevelWarn, 3},                              // no level: back to the flag's
+		{3, "ci_access: {}\n", http.StatusNoContent, slog.LevelWarn, 3},                             // no level: back to the flag's
 		{4, "observability: [\n", http.StatusUnprocessableEntity, slog.LevelWarn, 3},
 	}
 	for _, s := range steps {

@@ -25,7 +25,7 @@ func newCollector(n *Node) *collector {
 	return &collector{
 		n:              n,
 		tunnels:        d("tunnels", "Agent tunnels open on this node."),
-		handshakes:     d("tunnel_handshakes_total", "Tunnel handshakes by result: ok, unauthenticated (401), unavailable (503, control plane), draining (503), failed (not a valid upgrade).", "result"),
+		handshakes:     d("tunnel_handshakes_total", "Tunnel handshakes by result: ok, unauthenticated (401), unavailable (503, control plane), draining (503), rate_limited (429, too many failed handshakes from the client), failed (not a valid upgrade).", "result"),
 		tunnelsClosed:  d("tunnels_closed_total", "Tunnels that ended, any way."),
 		tunnelsRevoked: d("tunnels_revoked_total", "Tunnels closed because their agent token was refused on a recheck."),
 		streams:        d("tunnel_streams_total", "Tunnel streams by event: opened (by this node), accepted (opened by agents), closed. opened+accepted-closed is the number live; a growing gap is a leak.", "event"),
@@ -81,6 +81,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.handshakes, as.RefusedUnauthenticated, "unauthenticated")
 	counter(c.handshakes, as.RefusedUnavailable, "unavailable")
 	counter(c.handshakes, as.RefusedDraining, "draining")
+	counter(c.handshakes, as.RefusedRateLimited, "rate_limited")
 	counter(c.handshakes, as.Failed, "failed")
 	counter(c.tunnelsClosed, as.Closed)
 	counter(c.tunnelsRevoked, as.Revoked)

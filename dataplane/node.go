@@ -23,6 +23,7 @@ import (
 	"github.com/kas-project/kas/gen/kas/dataplane/v1/dataplanev1connect"
 	"github.com/kas-project/kas/internal/authn"
 	"github.com/kas-project/kas/internal/listen"
+	"github.com/kas-project/kas/internal/ratelimit"
 )
 
 // Options configure a Node. Validate reports every problem at once.
@@ -77,6 +78,10 @@ type Options struct {
 	// RetryAfter is sent with the agent endpoint's 503 answers (draining,
 	// control plane unavailable), rounded up to whole seconds. Default 5 s.
 	RetryAfter time.Duration
+	// AgentFailedAuth limits failed handshakes per client on the agent
+	// listener (agentserver.Options.FailedAuth); nil limits nothing. The
+	// proxy's limiter is KubernetesAPI.FailedAuth.
+	AgentFailedAuth *ratelimit.Limiter
 
 	// Authenticator, Resolver and Registrar tune the discovery parts (TTLs,
 	// backoff, clock). Their control-plane clients default to ones for
@@ -260,7 +265,8 @@ func New(opts Options) (_ *Node, err error) {
 	if n.agents, err = agentserver.New(agentserver.Options{
 		NodeID: opts.NodeID, Auth: n.auth, Registrar: n.registrar, Tunnel: opts.Tunnel,
 		RetryAfter: opts.RetryAfter, RecheckInterval: opts.Authenticator.RecheckInterval,
-		Logger: opts.Logger.With("component", "agent-server"),
+		FailedAuth: opts.AgentFailedAuth,
+		Logger:     opts.Logger.With("component", "agent-server"),
 	}); err != nil {
 		return nil, err
 	}

@@ -33,6 +33,7 @@ import (
 	"container/heap"
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -49,6 +50,8 @@ import (
 
 	"github.com/kas-project/kas/dataplane/discovery"
 	"github.com/kas-project/kas/dataplane/tunnel"
+	"github.com/kas-project/kas/internal/ratelimit"
+	"github.com/kas-project/kas/internal/secret"
 )
 
 // The handshake contract between agentk and a node.
@@ -120,6 +123,12 @@ type Options struct {
 	RecheckInterval time.Duration
 	// RetryAfter is sent with 503 answers. Default 5 s.
 	RetryAfter time.Duration
+	// FailedAuth limits failed handshakes per client: a client that has
+	// used up its allowance is answered 429 with Retry-After before its
+	// token is checked (the check may cost a control-plane call), unless
+	// the token is that of a tunnel open on this node. Only refused tokens
+	// count. nil limits nothing.
+	FailedAuth *ratelimit.Limiter
 	Logger     *slog.Logger
 }
 
@@ -233,6 +242,7 @@ func (s *Server) logger(e *entry) *slog.Logger {
 // counters of sessions that are gone.
 type counters struct {
 	accepted, refusedAuth, refusedUnavailable, refusedDraining, refusedBad atomic.Uint64
+	refusedRateLimited                                                     atomic.Uint64
 	revoked, closed                                                        atomic.Uint64
 
 	mu    sync.Mutex
@@ -288,6 +298,7 @@ const (
 	msgBadToken    = "agent token is not valid (unknown, malformed or revoked)"
 	msgAuthPending = "cannot verify the agent token now (control plane unavailable): retry later"
 	msgBusy        = "too many agents are connecting to this node now: retry later"
+	msgRateLimited = "too many failed authentications from this address: retry later"
 )
 
 func (s *Server) serveTunnel(w http.ResponseWriter, r *http.Request) {
@@ -312,6 +323,23 @@ func (s *Server) serveTunnel(w http.ResponseWriter, r *http.Request) {
 				s.stats.refusedAuth.Add(1)
 				return &tunnel.HTTPError{Status: http.StatusUnauthorized, Message: msgNoToken}
 			}
+			// A limited client is refused before its token is checked;
+			// only refused tokens keep the token they took.
+			client, known := s.opts.FailedAuth.Client(r), s.openToken(tok)
+			if !known {
+				ok, wait := s.opts.FailedAuth.Take(client)
+				if !ok {
+					s.stats.refusedRateLimited.Add(1)
+					w.Header().Set("Retry-After", strconv.Itoa(int(wait/time.Second)))
+					return &tunnel.HTTPError{Status: http.StatusTooManyRequests, Message: msgRateLimited}
+				}
+			}
+			refused := false
+			defer func() {
+				if !known && !refused {
+					s.opts.FailedAuth.Refund(client)
+				}
+			}()
 			ctx, cancel := context.WithTimeout(r.Context(), s.opts.AuthTimeout)
 			defer cancel()
 			select {
@@ -327,6 +355,7 @@ func (s *Server) serveTunnel(w http.ResponseWriter, r *http.Request) {
 			<-s.checks
 			switch {
 			case errors.Is(err, discovery.ErrUnauthenticated):
+				refused = true
 				s.stats.refusedAuth.Add(1)
 				return &tunnel.HTTPError{Status: http.StatusUnauthorized, Message: msgBadToken, Err: err}
 			case err != nil:
@@ -353,6 +382,8 @@ func (s *Server) serveTunnel(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case errors.As(err, &he) && he.Status == http.StatusServiceUnavailable:
 			log.Warn("tunnel refused", "agent_id", info.AgentID, "err", err)
+		case errors.As(err, &he) && he.Status == http.StatusTooManyRequests:
+			log.Debug("tunnel refused", "err", err) // a flood: one line each would be one too many
 		case errors.As(err, &he):
 			log.Info("tunnel refused", "err", err)
 		default:
@@ -376,6 +407,24 @@ func (s *Server) serveTunnel(w http.ResponseWriter, r *http.Request) {
 	// The handler returns now, and with it net/http's goroutine, the
 	// request and its buffers; watch owns the tunnel from here.
 	go s.watch(e)
+}
+
+// openToken reports whether token is that of a tunnel open on this node
+// (an agent's second tunnel, or one reconnecting): such a handshake is
+// not rate limited.
+func (s *Server) openToken(token string) bool {
+	id, _, ok := secret.Parse(secret.AgentToken, token)
+	if !ok {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range s.byAgent[id] {
+		if subtle.ConstantTimeCompare([]byte(e.token), []byte(token)) == 1 {
+			return true
+		}
+	}
+	return false
 }
 
 // setHandshaking adjusts the count of accepted handshakes not yet added.
@@ -755,6 +804,9 @@ type Stats struct {
 	RefusedUnavailable uint64
 	// RefusedDraining counts handshakes refused while draining (503).
 	RefusedDraining uint64
+	// RefusedRateLimited counts handshakes refused, before their token
+	// was checked, because their client had too many failures (429).
+	RefusedRateLimited uint64
 	// Failed counts other failed handshakes (not a WebSocket, wrong
 	// subprotocol).
 	Failed uint64
@@ -793,6 +845,7 @@ func (s *Server) Stats() Stats {
 		RefusedUnauthenticated: s.stats.refusedAuth.Load(),
 		RefusedUnavailable:     s.stats.refusedUnavailable.Load(),
 		RefusedDraining:        s.stats.refusedDraining.Load(),
+		RefusedRateLimited:     s.stats.refusedRateLimited.Load(),
 		Failed:                 s.stats.refusedBad.Load(),
 		Revoked:                s.stats.revoked.Load(),
 		Closed:                 s.stats.closed.Load(),

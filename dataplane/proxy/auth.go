@@ -225,6 +225,19 @@ func newAuthorizer(o *Options) *authorizer {
 		cache: make(map[[sha256.Size]byte]*decision), calls: make(map[[sha256.Size]byte]*authCall)}
 }
 
+// cached returns the cached decision for cred, if there is one in force.
+func (a *authorizer) cached(cred credential) (*decision, bool) {
+	key := cred.cacheKey()
+	a.mu.RLock()
+	d, ok := a.cache[key]
+	a.mu.RUnlock()
+	if ok && a.opts.Clock().Before(d.expires) {
+		a.hits.Add(1)
+		return d, true
+	}
+	return nil, false
+}
+
 // authorize returns the decision for cred. Errors are *errControlPlane.
 func (a *authorizer) authorize(ctx context.Context, cred credential) (*decision, error) {
 	key := cred.cacheKey()

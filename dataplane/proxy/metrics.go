@@ -12,7 +12,7 @@ import (
 type metrics struct {
 	p *Proxy
 
-	requests, auth, authErrors, authEntries *prometheus.Desc
+	requests, auth, authErrors, authEntries, rateLimited *prometheus.Desc
 
 	byCode [600]atomic.Uint64 // by HTTP status; 0: the caller went away
 }
@@ -27,6 +27,7 @@ func newMetrics(p *Proxy) *metrics {
 		auth:        d("auth_total", "Proxy authorization decisions by cache result: hit, miss (asked the control plane), shared (a miss that joined a call in flight).", "result"),
 		authErrors:  d("auth_errors_total", "Proxy authorization calls to the control plane that failed."),
 		authEntries: d("auth_cache_entries", "Proxy authorization decisions cached."),
+		rateLimited: d("auth_rate_limited_total", "Proxy requests refused with 429 without asking the control plane: their client had too many failed authentications."),
 	}
 }
 
@@ -43,6 +44,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.auth
 	ch <- m.authErrors
 	ch <- m.authEntries
+	ch <- m.rateLimited
 }
 
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
@@ -57,4 +59,5 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.auth, prometheus.CounterValue, float64(s.AuthShared), "shared")
 	ch <- prometheus.MustNewConstMetric(m.authErrors, prometheus.CounterValue, float64(s.AuthErrors))
 	ch <- prometheus.MustNewConstMetric(m.authEntries, prometheus.GaugeValue, float64(s.AuthEntries))
+	ch <- prometheus.MustNewConstMetric(m.rateLimited, prometheus.CounterValue, float64(s.RateLimited))
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/kas-project/kas/gen/kas/dataplane/v1/dataplanev1connect"
 	"github.com/kas-project/kas/internal/impersonation"
 	"github.com/kas-project/kas/internal/obs"
+	"github.com/kas-project/kas/internal/ratelimit"
 )
 
 // Defaults and bounds.
@@ -60,6 +62,13 @@ type Options struct {
 	AuthTimeout time.Duration
 	// MaxCacheEntries bounds the decision cache. Default 10,000.
 	MaxCacheEntries int
+	// FailedAuth limits failed authentications per client: a client that
+	// has used up its allowance is answered 429 with Retry-After, without
+	// asking the control plane, unless the decision for its credential is
+	// cached. Refusals by the control plane (401, 403, 404) count as
+	// failures; cached decisions and malformed credentials, which cost no
+	// call, do not. nil limits nothing.
+	FailedAuth *ratelimit.Limiter
 	// NodeID names the node in logs.
 	NodeID string
 	// Clock is the time source of the decision cache; default time.Now.
@@ -201,13 +210,15 @@ type Stats struct {
 	AuthErrors uint64
 	// AuthEntries is the number of cached decisions.
 	AuthEntries int
+	// RateLimited counts requests refused with 429 by Options.FailedAuth.
+	RateLimited uint64
 }
 
 // Stats returns the proxy's counters.
 func (p *Proxy) Stats() Stats {
 	return Stats{
 		AuthHits: p.auth.hits.Load(), AuthMisses: p.auth.misses.Load(), AuthShared: p.auth.shared.Load(),
-		AuthErrors: p.auth.errs.Load(), AuthEntries: p.auth.entries(),
+		AuthErrors: p.auth.errs.Load(), AuthEntries: p.auth.entries(), RateLimited: p.opts.FailedAuth.Stats().Limited,
 	}
 }
 
@@ -257,7 +268,22 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx = obs.WithAgentID(ctx, cred.agentID)
-	dec, err := p.auth.authorize(ctx, cred)
+	dec, cached := p.auth.cached(cred)
+	if !cached {
+		// Only here is the control plane asked: a limited client is
+		// refused before it is, and only refusals keep their token.
+		client := p.opts.FailedAuth.Client(r)
+		if ok, wait := p.opts.FailedAuth.Take(client); !ok {
+			w.Header().Set("Retry-After", strconv.Itoa(int(wait/time.Second)))
+			p.refuse(ctx, w, r, http.StatusTooManyRequests,
+				"kas: too many failed authentications from this address; retry later", nil)
+			return
+		}
+		dec, err = p.auth.authorize(ctx, cred)
+		if err != nil || dec.code == 0 {
+			p.opts.FailedAuth.Refund(client)
+		}
+	}
 	if err != nil {
 		var cpErr *errControlPlane
 		code := http.StatusServiceUnavailable
@@ -309,8 +335,11 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 func (p *Proxy) refuse(ctx context.Context, w http.ResponseWriter, r *http.Request, code int, msg string, dec *decision) {
 	p.m.count(code)
 	level := slog.LevelInfo
-	if code >= 500 {
+	switch {
+	case code >= 500:
 		level = slog.LevelWarn
+	case code == http.StatusTooManyRequests:
+		level = slog.LevelDebug // a flood: one line each would be one too many
 	}
 	attrs := []any{"method", r.Method, "path", r.URL.Path, "code", code, "reason", msg}
 	if dec != nil && dec.principal != "" {

@@ -98,6 +98,23 @@ type Dataplane struct {
 	// OwnPrivateAPI holds the raw OWN_PRIVATE_API_* values; package
 	// dataplane/discovery derives the node's private URL from them.
 	OwnPrivateAPI OwnPrivateAPI `yaml:"own_private_api"`
+	// FailedAuth limits failed authentications per client on the agent
+	// and Kubernetes API proxy listeners (package internal/ratelimit).
+	FailedAuth FailedAuth `yaml:"failed_auth"`
+}
+
+// FailedAuth is the per-client limit of failed authentications: each
+// client may fail Burst times in a row, and one more every Refill; beyond
+// that it is answered 429 without the control plane being asked.
+type FailedAuth struct {
+	// Burst is the failures allowed in a row; 0 turns the limit off.
+	Burst int `yaml:"burst"`
+	// Refill is how often one more failure is allowed.
+	Refill time.Duration `yaml:"refill"`
+	// TrustedProxies is a comma-separated list of CIDRs (or addresses) of
+	// load balancers whose X-Forwarded-For names the client. Empty: the
+	// TCP peer is the client.
+	TrustedProxies string `yaml:"trusted_proxies"`
 }
 
 // Agent is the listener agentk connects to (WebSocket tunnels).
@@ -161,6 +178,7 @@ func Default() *Config {
 			Agent:           Agent{Listen: tcp(DefaultAgentAddress)},
 			KubernetesAPI:   KubernetesAPI{Listen: tcp(DefaultKubernetesAPIAddress), PathPrefix: "/k8s-proxy/"},
 			PrivateAPI:      PrivateAPI{Listen: tcp(DefaultPrivateAPIAddress)},
+			FailedAuth:      FailedAuth{Burst: 20, Refill: time.Second},
 		},
 		Observability: Observability{Listen: tcp(DefaultObservabilityAddress), LogLevel: "info", LogFormat: "auto"},
 	}

@@ -85,6 +85,12 @@ func (s Setting) set(raw string) error {
 		s.v.SetBool(b)
 	case s.v.Kind() == reflect.String:
 		s.v.SetString(raw)
+	case s.v.Kind() == reflect.Int:
+		n, err := strconv.ParseInt(raw, 10, 32)
+		if err != nil {
+			return fmt.Errorf("%q is not a whole number", raw)
+		}
+		s.v.SetInt(n)
 	default:
 		panic("config: unsupported setting type " + s.v.Type().String())
 	}
@@ -98,6 +104,8 @@ func (s Setting) String() string {
 		return time.Duration(s.v.Int()).String()
 	case s.v.Kind() == reflect.Bool:
 		return strconv.FormatBool(s.v.Bool())
+	case s.v.Kind() == reflect.Int:
+		return strconv.FormatInt(s.v.Int(), 10)
 	}
 	return s.v.String()
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/kas-project/kas/internal/obs"
+	"github.com/kas-project/kas/internal/ratelimit"
 )
 
 // Role says what the process runs; Validate checks what the role needs.
@@ -114,6 +115,7 @@ func (c *Config) Validate(role Role) error {
 			addf("dataplane.kubernetes_api.path_prefix: %q must start and end with /", p)
 		}
 		errs = append(errs, d.OwnPrivateAPI.check()...)
+		errs = append(errs, d.FailedAuth.check()...)
 	}
 	if role != RoleMigrate {
 		add(c.Observability.Listen.Spec("observability.listen").Validate())
@@ -261,6 +263,21 @@ func (o OwnPrivateAPI) check() []error {
 	}
 	if strings.ContainsAny(o.Host, "/: \t") && net.ParseIP(o.Host) == nil {
 		errs = append(errs, fmt.Errorf("OWN_PRIVATE_API_HOST: %q must be a host name or IP (the TLS server name), without scheme or port", o.Host))
+	}
+	return errs
+}
+
+// check reports problems of the failed-authentication limit.
+func (f FailedAuth) check() []error {
+	var errs []error
+	if f.Burst < 0 {
+		errs = append(errs, fmt.Errorf("dataplane.failed_auth.burst: %d is negative (0 turns the limit off)", f.Burst))
+	}
+	if f.Burst > 0 && f.Refill < time.Millisecond {
+		errs = append(errs, fmt.Errorf("dataplane.failed_auth.refill: %v is too short, must be at least 1ms while dataplane.failed_auth.burst is set", f.Refill))
+	}
+	if _, err := ratelimit.ParsePrefixes(f.TrustedProxies); err != nil {
+		errs = append(errs, fmt.Errorf("dataplane.failed_auth.trusted_proxies: %w", err))
 	}
 	return errs
 }

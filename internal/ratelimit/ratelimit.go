@@ -112,7 +112,7 @@ type Limiter struct {
 	clients map[netip.Addr]*list.Element // of *bucket
 	lru     list.List                    // front: most recently failed
 
-	limited, failures atomic.Uint64
+	limited, taken, refunded atomic.Uint64
 }
 
 type bucket struct {
@@ -198,39 +198,17 @@ func (l *Limiter) refill(b *bucket, now time.Time) bool {
 	return false
 }
 
-// Allow reports whether client may be authenticated now. When it may not,
-// retryAfter is how long until it may, at least a second, and the refusal
-// is counted. Allow takes no token.
-func (l *Limiter) Allow(client netip.Addr) (ok bool, retryAfter time.Duration) {
+// Take asks whether client may be authenticated now, and takes a token for
+// the attempt: call Refund when the attempt did not fail (the credential was
+// good, or the answer could not be had), so that only failures count.
+// Taking before the attempt, not after its failure, keeps many attempts in
+// flight at once from passing together. When client is limited, retryAfter
+// is how long until it may try again, at least a second, and the refusal is
+// counted.
+func (l *Limiter) Take(client netip.Addr) (ok bool, retryAfter time.Duration) {
 	if l == nil {
 		return true, 0
 	}
-	now := l.opts.Clock()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	e, found := l.clients[client]
-	if !found {
-		return true, 0
-	}
-	b := e.Value.(*bucket)
-	if l.refill(b, now) {
-		l.forgetLocked(e)
-		return true, 0
-	}
-	if b.tokens >= 1 {
-		return true, 0
-	}
-	l.limited.Add(1)
-	wait := time.Duration((1 - b.tokens) * float64(l.opts.Refill))
-	return false, max(wait.Round(time.Second), time.Second)
-}
-
-// Fail records a failed authentication of client.
-func (l *Limiter) Fail(client netip.Addr) {
-	if l == nil {
-		return
-	}
-	l.failures.Add(1)
 	now := l.opts.Clock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -247,7 +225,34 @@ func (l *Limiter) Fail(client netip.Addr) {
 	}
 	b := e.Value.(*bucket)
 	l.refill(b, now)
-	b.tokens = max(b.tokens-1, 0)
+	if b.tokens >= 1 {
+		b.tokens--
+		l.taken.Add(1)
+		return true, 0
+	}
+	l.limited.Add(1)
+	wait := time.Duration((1 - b.tokens) * float64(l.opts.Refill))
+	return false, max(wait.Round(time.Second), time.Second)
+}
+
+// Refund gives back the token Take took for an attempt that did not fail.
+func (l *Limiter) Refund(client netip.Addr) {
+	if l == nil {
+		return
+	}
+	now := l.opts.Clock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.refunded.Add(1)
+	e, found := l.clients[client]
+	if !found {
+		return // forgotten meanwhile (evicted): nothing to give back
+	}
+	b := e.Value.(*bucket)
+	b.tokens++
+	if l.refill(b, now) {
+		l.forgetLocked(e)
+	}
 }
 
 // sweepLocked forgets a few of the least recently failed clients whose
@@ -271,7 +276,8 @@ func (l *Limiter) forgetLocked(e *list.Element) {
 type Stats struct {
 	// Limited counts requests refused because their client was limited.
 	Limited uint64
-	// Failures counts failed authentications recorded.
+	// Failures counts attempts that took a token and did not refund it:
+	// failed authentications (and attempts in flight).
 	Failures uint64
 	// Clients is the number of clients tracked now.
 	Clients int
@@ -285,5 +291,5 @@ func (l *Limiter) Stats() Stats {
 	l.mu.Lock()
 	n := len(l.clients)
 	l.mu.Unlock()
-	return Stats{Limited: l.limited.Load(), Failures: l.failures.Load(), Clients: n}
+	return Stats{Limited: l.limited.Load(), Failures: l.taken.Load() - l.refunded.Load(), Clients: n}
 }

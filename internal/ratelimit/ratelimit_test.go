@@ -27,43 +27,43 @@ func TestBurstThenRefill(t *testing.T) {
 	l := mustNew(t, Options{Burst: 3, Refill: time.Second, Clock: c.now})
 	a, b := addr("192.0.2.1"), addr("192.0.2.2")
 	for i := range 3 {
-		if ok, _ := l.Allow(a); !ok {
+		if ok, _ := l.Take(a); !ok {
 			t.Fatalf("failure %d: limited within the burst", i)
 		}
-		l.Fail(a)
 	}
-	ok, wait := l.Allow(a)
+	ok, wait := l.Take(a)
 	if ok || wait != time.Second {
 		t.Fatalf("after the burst: ok=%v retry after %v, want limited for 1s", ok, wait)
 	}
-	if ok, _ := l.Allow(b); !ok {
+	if ok, _ := l.Take(b); !ok {
 		t.Fatal("another client is limited too")
 	}
+	l.Refund(b)
 	c.add(999 * time.Millisecond)
-	if ok, _ := l.Allow(a); ok {
+	if ok, _ := l.Take(a); ok {
 		t.Fatal("allowed before a token came back")
 	}
 	c.add(time.Millisecond)
-	if ok, _ := l.Allow(a); !ok {
+	if ok, _ := l.Take(a); !ok {
 		t.Fatal("still limited after one refill")
 	}
-	l.Fail(a)
-	if ok, _ := l.Allow(a); ok {
+	if ok, _ := l.Take(a); ok {
 		t.Fatal("the refilled token was not taken")
 	}
-	// Successes take nothing: Allow alone never limits.
+	// Successes take nothing: attempts that are refunded never limit.
 	for range 100 {
-		l.Allow(b)
-	}
-	if ok, _ := l.Allow(b); !ok {
-		t.Fatal("Allow took tokens")
+		if ok, _ := l.Take(b); !ok {
+			t.Fatal("refunded attempts limited the client")
+		}
+		l.Refund(b)
 	}
 	if s := l.Stats(); s.Limited != 3 || s.Failures != 4 || s.Clients != 1 {
 		t.Fatalf("stats %+v, want 3 limited, 4 failures, 1 client", s)
 	}
 	// A full bucket is forgotten.
 	c.add(time.Minute)
-	l.Allow(a)
+	l.Take(a)
+	l.Refund(a)
 	if s := l.Stats(); s.Clients != 0 {
 		t.Fatalf("%d clients tracked after their buckets refilled", s.Clients)
 	}
@@ -73,9 +73,9 @@ func TestRetryAfterRoundsToSeconds(t *testing.T) {
 	c := newClock()
 	l := mustNew(t, Options{Burst: 1, Refill: 10 * time.Second, Clock: c.now})
 	a := addr("192.0.2.1")
-	l.Fail(a)
+	l.Take(a)
 	c.add(2400 * time.Millisecond)
-	if _, wait := l.Allow(a); wait != 8*time.Second {
+	if _, wait := l.Take(a); wait != 8*time.Second {
 		t.Fatalf("retry after %v, want 8s", wait)
 	}
 }
@@ -84,21 +84,21 @@ func TestMemoryIsBounded(t *testing.T) {
 	c := newClock()
 	l := mustNew(t, Options{Burst: 2, Refill: time.Hour, MaxClients: 100, Clock: c.now})
 	for i := range 10_000 {
-		l.Fail(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
+		l.Take(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
 	}
 	if n := l.Stats().Clients; n != 100 {
 		t.Fatalf("%d clients tracked, want the bound 100", n)
 	}
 	// The most recent ones are kept.
 	last := netip.AddrFrom4([4]byte{10, 0, byte(9999 >> 8), byte(9999 & 0xff)})
-	l.Fail(last)
-	if ok, _ := l.Allow(last); ok {
+	l.Take(last)
+	if ok, _ := l.Take(last); ok {
 		t.Fatal("the most recent client was forgotten")
 	}
 	// Expired entries go as new ones come, before the bound is reached.
 	l2 := mustNew(t, Options{Burst: 1, Refill: time.Second, MaxClients: 1000, Clock: c.now})
 	for i := range 500 {
-		l2.Fail(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}))
+		l2.Take(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}))
 		c.add(100 * time.Millisecond)
 	}
 	if n := l2.Stats().Clients; n > 30 {
@@ -108,8 +108,8 @@ func TestMemoryIsBounded(t *testing.T) {
 
 func TestNilLimiterLimitsNothing(t *testing.T) {
 	var l *Limiter
-	l.Fail(addr("192.0.2.1"))
-	if ok, _ := l.Allow(addr("192.0.2.1")); !ok {
+	l.Refund(addr("192.0.2.1"))
+	if ok, _ := l.Take(addr("192.0.2.1")); !ok {
 		t.Fatal("nil limiter limited")
 	}
 	r, _ := http.NewRequest("GET", "/", nil)

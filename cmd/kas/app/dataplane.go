@@ -13,6 +13,7 @@ import (
 	"github.com/kas-project/kas/dataplane/proxy"
 	"github.com/kas-project/kas/internal/config"
 	"github.com/kas-project/kas/internal/listen"
+	"github.com/kas-project/kas/internal/ratelimit"
 )
 
 // newDataplane opens the dataplane's agent, private API and Kubernetes API
@@ -48,6 +49,13 @@ func (s *Server) newDataplane(cfg *config.Config) error {
 		"dataplane.private_api.listen":    privateL.Addr(),
 		"dataplane.kubernetes_api.listen": proxyL.Addr(),
 	}
+	proxyLimit, agentLimit, err := failedAuthLimiters(d.FailedAuth)
+	if err != nil {
+		agentL.Close()
+		privateL.Close()
+		proxyL.Close()
+		return &ConfigError{err}
+	}
 	o := d.OwnPrivateAPI
 	if s.cp == nil { // else the control plane's part said it already
 		logRotation(s.log, "private_api_secret_key_file", cfg.ExtraPrivateAPISecretKeys)
@@ -62,7 +70,8 @@ func (s *Server) newDataplane(cfg *config.Config) error {
 		PrivateAPIListener:        privateL,
 		// The node closes the listeners, also when New fails.
 		KubernetesAPIListener: proxyL,
-		KubernetesAPI:         proxy.Options{PathPrefix: d.KubernetesAPI.PathPrefix},
+		KubernetesAPI:         proxy.Options{PathPrefix: d.KubernetesAPI.PathPrefix, FailedAuth: proxyLimit},
+		AgentFailedAuth:       agentLimit,
 		OwnPrivateAPI:         discovery.PrivateURLOptions{URL: o.URL, CIDR: o.CIDR, Port: o.Port, Scheme: o.Scheme, Host: o.Host},
 		DrainGrace:            d.DrainGrace,
 		Registry:              s.reg,
@@ -94,4 +103,25 @@ func (s *Server) runDataplane(ctx context.Context, g *errgroup.Group) context.Co
 		return nil
 	})
 	return serveCtx
+}
+
+// failedAuthLimiters returns the limiters of failed authentications of the
+// proxy and agent listeners (one each: a client's failures on one do not
+// limit it on the other), or nils when dataplane.failed_auth.burst is 0.
+func failedAuthLimiters(f config.FailedAuth) (proxyLimit, agentLimit *ratelimit.Limiter, err error) {
+	if f.Burst == 0 {
+		return nil, nil, nil
+	}
+	trusted, err := ratelimit.ParsePrefixes(f.TrustedProxies)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dataplane.failed_auth.trusted_proxies: %w", err)
+	}
+	opts := ratelimit.Options{Burst: f.Burst, Refill: f.Refill, TrustedProxies: trusted}
+	if proxyLimit, err = ratelimit.New(opts); err != nil {
+		return nil, nil, fmt.Errorf("dataplane.failed_auth: %w", err)
+	}
+	if agentLimit, err = ratelimit.New(opts); err != nil {
+		return nil, nil, fmt.Errorf("dataplane.failed_auth: %w", err)
+	}
+	return proxyLimit, agentLimit, nil
 }

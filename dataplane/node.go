@@ -75,6 +75,10 @@ type Options struct {
 	DialTimeout time.Duration
 	// RelayOpenTimeout bounds one relay attempt to another node. Default 3 s.
 	RelayOpenTimeout time.Duration
+	// ConfigPollInterval is how often the node asks the control plane for
+	// new configuration versions of the agents it holds, to deliver them
+	// (package agentconfig). Default DefaultConfigPollInterval (3 s).
+	ConfigPollInterval time.Duration
 	// RetryAfter is sent with the agent endpoint's 503 answers (draining,
 	// control plane unavailable), rounded up to whole seconds. Default 5 s.
 	RetryAfter time.Duration
@@ -228,6 +232,8 @@ type Node struct {
 	bad   map[string]time.Time // node ID → until when it is tried last
 
 	dials dialCounters
+
+	configs *configPusher
 }
 
 // New validates opts and builds the node. It makes no network call; Run
@@ -262,14 +268,17 @@ func New(opts Options) (_ *Node, err error) {
 	if n.registrar, err = discovery.NewRegistrar(ro); err != nil {
 		return nil, err
 	}
+	n.configs = newConfigPusher(n.registrar, opts.Authenticator.Auth, nil, opts.ConfigPollInterval,
+		opts.Logger.With("component", "agent-config"))
 	if n.agents, err = agentserver.New(agentserver.Options{
-		NodeID: opts.NodeID, Auth: n.auth, Registrar: n.registrar, Tunnel: opts.Tunnel,
+		NodeID: opts.NodeID, Auth: n.auth, Registrar: n.configs, Tunnel: opts.Tunnel,
 		RetryAfter: opts.RetryAfter, RecheckInterval: opts.Authenticator.RecheckInterval,
 		FailedAuth: opts.AgentFailedAuth,
 		Logger:     opts.Logger.With("component", "agent-server"),
 	}); err != nil {
 		return nil, err
 	}
+	n.configs.open = n.agents.OpenTunnel
 	if n.relaySrv, err = relay.NewServer(relay.ServerOptions{
 		NodeID: opts.NodeID, Key: opts.PrivateAPISecretKey, ExtraKeys: opts.ExtraPrivateAPISecretKeys, Tunnels: n.agents,
 		Logger: opts.Logger.With("component", "relay-server"),
@@ -380,6 +389,13 @@ func (n *Node) Run(ctx context.Context) error {
 		defer close(regDone)
 		n.registrar.Run(regCtx)
 	}()
+	cfgCtx, stopConfigs := context.WithCancel(context.Background())
+	defer stopConfigs()
+	cfgDone := make(chan struct{})
+	go func() {
+		defer close(cfgDone)
+		n.configs.run(cfgCtx)
+	}()
 	n.log.Info("dataplane node started", "private_url", n.privateURL, "version", n.opts.Version)
 
 	var runErr error
@@ -394,6 +410,8 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	stopRegistrar() // already stopped by Deregister after a full drain
 	<-regDone
+	stopConfigs()
+	<-cfgDone
 	if isClosed(n.abort) {
 		// As a killed process: no drain, no deregistration, and the
 		// control plane hears nothing about the tunnels closing now.

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -228,7 +229,12 @@ func runRawServer(in *bufio.Scanner) error {
 // each) behind a load balancer of their own, or plain WebSockets. It
 // prints "built" once every agent is configured, starts them on "go"
 // (answer "go started"), and then answers: count (agents with a tunnel
-// up); stats (handshakes refused with 503, other failed handshakes).
+// up); stats (handshakes refused with 503, other failed handshakes, LB
+// connections no node took); first <t> (each agent's first connection
+// attempt at or after t, in µs after t; t in Unix nanoseconds); attempts
+// <t> (every attempt at or after t, in µs after t); died <t> (when each
+// agent saw its first tunnel at or after t end, in µs after t); backoff <t>
+// (for each agent, µs from that to its next attempt).
 func runFleet(c fleetConfig, in *bufio.Scanner) error {
 	if c.Raw {
 		return runRawFleet(c, in)
@@ -249,6 +255,7 @@ func runFleet(c fleetConfig, in *bufio.Scanner) error {
 	}
 	defer os.RemoveAll(dir)
 	logs := &fleetLogs{}
+	tries := newAttempts(len(c.Agents))
 	agents := make([]*agent.Agent, len(c.Agents))
 	for i, cr := range c.Agents {
 		tokenFile := filepath.Join(dir, strconv.FormatInt(cr.ID, 10))
@@ -257,7 +264,15 @@ func runFleet(c fleetConfig, in *bufio.Scanner) error {
 		}
 		if agents[i], err = agent.New(agent.Options{
 			KASAddress: "ws://" + lb.Addr().String(), TokenFile: tokenFile, Tunnels: 1, Version: "bench",
-			KubeAPIURL: upURL, Registry: prometheus.NewRegistry(), Logger: slog.New(logs),
+			KubeAPIURL: upURL, Registry: prometheus.NewRegistry(), Logger: slog.New(&agentLogs{logs, tries, i}),
+			// The agent's handshake transport asks Proxy once per
+			// request, that is once per connection attempt: the
+			// timestamp of every attempt, with nothing added to the
+			// agent for it.
+			Proxy: func(r *http.Request) (*url.URL, error) {
+				tries.add(i)
+				return http.ProxyFromEnvironment(r)
+			},
 		}); err != nil {
 			return err
 		}
@@ -282,10 +297,113 @@ func runFleet(c fleetConfig, in *bufio.Scanner) error {
 			return strconv.Itoa(n), nil
 		case "stats":
 			return fmt.Sprintf("%d %d %d", logs.refused.Load(), logs.failed.Load(), lb.failed.Load()), nil
+		case "first", "attempts", "died", "backoff":
+			if len(cmd) != 2 {
+				return "", errors.New("usage: first|attempts|died|backoff <unix nanoseconds>")
+			}
+			since, err := strconv.ParseInt(cmd[1], 10, 64)
+			if err != nil {
+				return "", err
+			}
+			return tries.answer(cmd[0], since), nil
 		}
 		return "", fmt.Errorf("unknown command")
 	})
 }
+
+// attempts holds the wall-clock times (Unix nanoseconds: comparable with
+// the parent's clock) of every agent's connection attempts and of the ends
+// of its tunnels.
+type attempts struct {
+	mu    sync.Mutex
+	tries [][]int64 // by agent, in order
+	ends  [][]int64
+}
+
+func newAttempts(n int) *attempts {
+	return &attempts{tries: make([][]int64, n), ends: make([][]int64, n)}
+}
+
+func (a *attempts) add(agent int) { a.record(a.tries, agent, time.Now()) }
+
+func (a *attempts) ended(agent int, t time.Time) { a.record(a.ends, agent, t) }
+
+func (a *attempts) record(by [][]int64, agent int, t time.Time) {
+	a.mu.Lock()
+	by[agent] = append(by[agent], t.UnixNano())
+	a.mu.Unlock()
+}
+
+// firstFrom returns the first of ts at or after since.
+func firstFrom(ts []int64, since int64) (int64, bool) {
+	for _, t := range ts {
+		if t >= since {
+			return t, true
+		}
+	}
+	return 0, false
+}
+
+// answer answers first, attempts, died and backoff (see runFleet), in µs.
+func (a *attempts) answer(cmd string, since int64) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var b strings.Builder
+	put := func(ns int64) {
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(strconv.FormatInt(ns/1e3, 10))
+	}
+	for i := range a.tries {
+		switch cmd {
+		case "attempts":
+			for _, t := range a.tries[i] {
+				if t >= since {
+					put(t - since)
+				}
+			}
+		case "first":
+			if t, ok := firstFrom(a.tries[i], since); ok {
+				put(t - since)
+			}
+		case "died":
+			if t, ok := firstFrom(a.ends[i], since); ok {
+				put(t - since)
+			}
+		case "backoff":
+			if end, ok := firstFrom(a.ends[i], since); ok {
+				if t, ok := firstFrom(a.tries[i], end); ok {
+					put(t - end)
+				}
+			}
+		}
+	}
+	return b.String()
+}
+
+// agentLogs is one agent's log handler: it records when the agent's
+// tunnels end and passes warnings on to the fleet's counters.
+type agentLogs struct {
+	*fleetLogs
+	tries *attempts
+	agent int
+}
+
+func (l *agentLogs) Enabled(_ context.Context, lvl slog.Level) bool { return lvl >= slog.LevelInfo }
+
+func (l *agentLogs) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "tunnel closed" {
+		l.tries.ended(l.agent, r.Time)
+	}
+	if r.Level < slog.LevelWarn {
+		return nil
+	}
+	return l.fleetLogs.Handle(ctx, r)
+}
+
+func (l *agentLogs) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *agentLogs) WithGroup(string) slog.Handler      { return l }
 
 // fleetLogs counts the agents' failed handshakes by kind.
 type fleetLogs struct {

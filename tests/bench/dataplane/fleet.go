@@ -53,6 +53,7 @@ type fleetResult struct {
 	initial, reconnect routing
 	deadGone           time.Duration
 	cpErrors           int64
+	retries            retries // the agents' connection attempts after the kill
 	notes              []string
 }
 
@@ -111,6 +112,19 @@ func (f fleet) sum(cmd string) ([]int64, error) {
 	return total, nil
 }
 
+// collect concatenates an integer answer of every child.
+func (f fleet) collect(cmd string) ([]int64, error) {
+	var all []int64
+	for _, p := range f {
+		v, err := p.callInts(cmd, time.Minute)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, v...)
+	}
+	return all, nil
+}
+
 func (f fleet) kill() {
 	var wg sync.WaitGroup
 	for _, p := range f {
@@ -121,7 +135,8 @@ func (f fleet) kill() {
 
 // measureFleet measures the node's memory per idle tunnel against raw
 // WebSockets, then connects the fleet to node A (baseline), kills A and
-// measures how long the agents take to be routed through node B.
+// measures how long the agents take to be routed through node B and when
+// they tried. With c.stormOnly it skips the memory measurements.
 func measureFleet(ctx context.Context, cp *cpEnv, c config) (res fleetResult, err error) {
 	fmt.Fprintf(os.Stderr, "creating %d agents\n", c.agents)
 	creds, err := cp.createAgents(ctx, "fleet", c.agents)
@@ -130,8 +145,10 @@ func measureFleet(ctx context.Context, cp *cpEnv, c config) (res fleetResult, er
 	}
 
 	// Baseline: plain WebSockets held by one goroutine each.
-	if res.rawMem, err = rawMemory(ctx, c, creds); err != nil {
-		return res, fmt.Errorf("raw WebSocket memory: %w", err)
+	if !c.stormOnly {
+		if res.rawMem, err = rawMemory(ctx, c, creds); err != nil {
+			return res, fmt.Errorf("raw WebSocket memory: %w", err)
+		}
 	}
 
 	fmt.Fprintf(os.Stderr, "starting nodes\n")
@@ -154,8 +171,10 @@ func measureFleet(ctx context.Context, cp *cpEnv, c config) (res fleetResult, er
 		return res, err
 	}
 	defer agents.kill()
-	if res.kasMem.before, err = readMem(nodeA); err != nil {
-		return res, err
+	if !c.stormOnly {
+		if res.kasMem.before, err = readMem(nodeA); err != nil {
+			return res, err
+		}
 	}
 	cpErrs0 := cp.logs.errs.Load()
 	conns0 := cp.conns.Load()
@@ -189,8 +208,10 @@ func measureFleet(ctx context.Context, cp *cpEnv, c config) (res fleetResult, er
 	if !res.initial.complete {
 		return res, fmt.Errorf("only some of %d agents routed to node A within %v", c.agents, c.storm)
 	}
-	if res.kasMem.after, err = readMem(nodeA); err != nil {
-		return res, err
+	if !c.stormOnly {
+		if res.kasMem.after, err = readMem(nodeA); err != nil {
+			return res, err
+		}
 	}
 	if c.profileDir != "" {
 		if _, err := nodeA.call("profile "+c.profileDir, time.Minute); err != nil {
@@ -202,7 +223,7 @@ func measureFleet(ctx context.Context, cp *cpEnv, c config) (res fleetResult, er
 		return res, err
 	}
 	res.kasMem.n = int(st[0])
-	if res.kasMem.n != c.agents {
+	if res.kasMem.n != c.agents && !c.stormOnly {
 		res.notes = append(res.notes, fmt.Sprintf("node A held %d tunnels for %d agents when measured", res.kasMem.n, c.agents))
 	}
 
@@ -242,6 +263,23 @@ func measureFleet(ctx context.Context, cp *cpEnv, c config) (res fleetResult, er
 	}
 	if !res.reconnect.complete {
 		res.notes = append(res.notes, fmt.Sprintf("not every agent was routed to node B within %v", c.storm))
+	}
+	since := fmt.Sprintf(" %d", tKill.UnixNano())
+	if res.retries.first, err = agents.collect("first" + since); err != nil {
+		return res, err
+	}
+	if res.retries.all, err = agents.collect("attempts" + since); err != nil {
+		return res, err
+	}
+	if res.retries.died, err = agents.collect("died" + since); err != nil {
+		return res, err
+	}
+	if res.retries.backoff, err = agents.collect("backoff" + since); err != nil {
+		return res, err
+	}
+	res.notes = append(res.notes, fmt.Sprintf("first retries per %v after the kill, 0–2 s: %v", spreadWindow, res.retries.spread(c.agents).firstPerWindow))
+	if n := len(res.retries.first); n != c.agents {
+		res.notes = append(res.notes, fmt.Sprintf("%d of %d agents tried to connect after the kill", n, c.agents))
 	}
 
 	// The dead node stays in the agents' routes until its lease expires;

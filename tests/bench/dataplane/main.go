@@ -106,6 +106,7 @@ type config struct {
 	samples    int           // requests per latency variant
 	rounds     int           // interleaved rounds the samples are split into
 	storm      time.Duration // bound on each fleet wait
+	stormOnly  bool          // -storm-json: only the fleet's connect, kill and reconnect
 	profileDir string
 }
 
@@ -122,6 +123,7 @@ func main() {
 	flag.IntVar(&c.agents, "agents", 0, "agents in the fleet rows (default 10,000; 1,000 with -short)")
 	flag.IntVar(&c.samples, "samples", 0, "requests per latency variant (default 10,000; 2,000 with -short)")
 	flag.StringVar(&c.profileDir, "profile", "", "write profiles into this directory: node A's heap and goroutines with every agent connected; node B's and the control plane's CPU during the reconnect")
+	flag.BoolVar(&c.stormOnly, "storm-json", false, "run only the reconnect storm (connect the fleet, kill its node, reconnect; no latency or memory rows) and print its figures as one JSON object on the last line of stdout")
 	check := flag.Bool("check", false, "exit with status 1 when a goal is missed")
 	flag.Parse()
 	if c.agents == 0 {
@@ -146,7 +148,11 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	start := time.Now()
-	ok, err := run(ctx, c, os.Stdout)
+	runFn := run
+	if c.stormOnly {
+		runFn = runStorm
+	}
+	ok, err := runFn(ctx, c, os.Stdout)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "dataplane bench:", err)
 		os.Exit(2)
@@ -184,13 +190,7 @@ func run(ctx context.Context, c config, out io.Writer) (goalsMet bool, err error
 // report prints the table and says whether every goal was met.
 func report(out io.Writer, c config, lat latencyResult, fl fleetResult) bool {
 	met := true
-	verdict := func(ok bool) string {
-		if ok {
-			return "ok"
-		}
-		met = false
-		return "MISSED"
-	}
+	verdict := goalVerdict(&met)
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "dataplane benchmark: %d cores (GOMAXPROCS %d), %d agents, %d requests per variant, short=%v; ratio to the baseline (absolute)\n",
 		runtime.NumCPU(), runtime.GOMAXPROCS(0), c.agents, c.samples, c.short)
@@ -215,6 +215,28 @@ func report(out io.Writer, c config, lat latencyResult, fl fleetResult) bool {
 	fmt.Fprintf(w, "node memory/idle tunnel (RSS), %d\traw WS %s\t%.2f (%s)\t-\n", c.agents,
 		kib(base.rss), per.rss/base.rss, kib(per.rss))
 	fmt.Fprintf(w, "node goroutines/idle tunnel\traw WS %.2f\t%.2f\t-\n", base.goroutines, per.goroutines)
+	reportReconnect(w, c, fl, verdict)
+	w.Flush()
+	for _, n := range fl.notes {
+		fmt.Fprintln(out, "note:", n)
+	}
+	return met
+}
+
+// goalVerdict returns the goal column's verdict; a missed goal clears *met.
+func goalVerdict(met *bool) func(ok bool) string {
+	return func(ok bool) string {
+		if ok {
+			return "ok"
+		}
+		*met = false
+		return "MISSED"
+	}
+}
+
+// reportReconnect prints the rows of the fleet's connect, kill and
+// reconnect.
+func reportReconnect(w io.Writer, c config, fl fleetResult, verdict func(bool) string) {
 	fmt.Fprintf(w, "%d agents connect: all routed\t(baseline)\t%s\t-\n", c.agents, secs(fl.initial.all))
 	fmt.Fprintf(w, "  per agent p50 / p99\t(baseline)\t%s / %s\t-\n", secs(fl.initial.p50), secs(fl.initial.p99))
 	ratio := func(v, b time.Duration) string { return fmt.Sprintf("%.2f (%s)", float64(v)/float64(b), secs(v)) }
@@ -226,11 +248,7 @@ func report(out io.Writer, c config, lat latencyResult, fl fleetResult) bool {
 	fmt.Fprintf(w, "  control-plane errors\t-\t%d\t0 %s\n", fl.cpErrors, verdict(fl.cpErrors == 0))
 	fmt.Fprintf(w, "  agents: handshakes refused (503) / failed (LB: no node)\tinitial %d / %d (%d)\t%d / %d (%d)\t-\n",
 		fl.initial.refused, fl.initial.failed, fl.initial.noBackend, fl.reconnect.refused, fl.reconnect.failed, fl.reconnect.noBackend)
-	w.Flush()
-	for _, n := range fl.notes {
-		fmt.Fprintln(out, "note:", n)
-	}
-	return met
+	reportRetries(w, fl.retries.spread(c.agents), verdict)
 }
 
 func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond)) }

@@ -1,0 +1,286 @@
+// Command faults is the load-and-fault harness: it starts real kas roles,
+// puts steady load on them, injects one fault per scenario, and prints one
+// table of what the load saw before, during and after each fault.
+//
+//	go run ./tests/bench/faults                 # full run, ~15 minutes
+//	go run ./tests/bench/faults -short          # CI (make bench; also KAS_BENCH_SHORT=1), < 4 minutes
+//	go run ./tests/bench/faults -scenario rolling,sigkill -check
+//
+// The topology, all on loopback, all real code:
+//
+//   - Postgres (internal/pglocal, fsync off), reached by the control planes
+//     through a cutting TCP proxy (so that "unreachable" is a partition at
+//     the proxy: nothing forwarded, nothing closed);
+//   - two control-plane replicas, each the real `kas controlplane` (this
+//     binary re-executed, running app.CLI with KAS_* settings), behind a
+//     round-robin balancer that follows their /readyz;
+//   - three dataplane nodes, each the real `kas dataplane` (drain grace
+//     5 s), whose registered private URL (OWN_PRIVATE_API_URL) is a cutting
+//     proxy in front of its private API;
+//   - agents (package agent, production defaults but a 2 s retry for a
+//     second node; two tunnels each, one for agent 0) reaching the nodes'
+//     agent ports through a balancer, and clients reaching the nodes'
+//     Kubernetes API proxy through another; both balancers are a Service:
+//     new connections go round robin to the nodes whose /readyz answers 200
+//     (probed every 500 ms), skipping a node that refuses;
+//   - the agents' Kubernetes API, an in-process fake: a small pod list, a
+//     watch with an event every 100 ms, and a log that follows as fast as
+//     it is read.
+//
+// The load of every scenario: request/response loops (GET pods, each loop
+// one request per interval, a kubectl-like http.Transport with no retry
+// but the standard library's own) and watches that re-establish when they
+// end, each with its agent's access token (Bearer pat:<agent>:<token>).
+// The Postgres and control-plane scenarios add a loop of management writes
+// (CreateAgentToken, 20 per second, 5 s timeout); each is done, refused
+// (a server answered with an error) or has no answer; afterwards the
+// database must hold every done write once, no refused one, and the
+// ambiguous ones are counted.
+//
+// A scenario runs three phases: before (load only), during (the fault and
+// its repair) and after (load only). Then the load stops, and the nodes'
+// goroutines (go_goroutines, within 10% + 50) and live tunnel streams
+// (kas_dataplane_tunnel_streams_total: opened + accepted - closed), every
+// agent's tunnels, and the database's node_status and tunnels rows (every
+// node live, open tunnels as the nodes count them) must return to what
+// they were before the scenario, within a bound; the table says how long
+// that took.
+//
+// Scenarios (-scenario, comma separated; default all):
+//
+//	rolling   SIGTERM each node in turn, wait for its exit, start it again,
+//	          wait for /readyz. Goal: zero failed requests.
+//	sigkill   SIGKILL one node; restart it after the phase. Goal: requests
+//	          succeed again within 5 s of the kill (last failure - kill).
+//	slow      on agent 0 (one tunnel), log -f streams read flat out; during,
+//	          one more log -f stream that is never read. Goal: the busy
+//	          streams keep ≥ 90% of their throughput.
+//	cpkill    SIGKILL one control-plane replica with writes in flight;
+//	          restart it after the phase. Goal: no failed request, no
+//	          write lost, duplicated or stored after a refusal.
+//	netcut    partition node 3's private API from the other nodes (relays
+//	          to it hang), then heal. Goal: zero failed requests.
+//	pgrestart stop Postgres (fast shutdown) and start it again. Goal:
+//	          tunnels keep serving (no failed request), writes clean.
+//	pgoutage  partition Postgres for 30 s (10 s with -short), then heal.
+//	          Goal: as pgrestart.
+//	storm     runs `tests/bench/dataplane -storm-json` (10,000 agents
+//	          reconnecting after their node dies; 1,000 with -short) when
+//	          that mode exists, and reports its figures.
+//
+// Children's logs are kept in a temporary directory whose path is printed
+// on failure (-keep keeps it always).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+type config struct {
+	short      bool
+	phase      time.Duration // length of the before and after phases, and of a timed fault
+	outage     time.Duration // Postgres partition
+	agents     int
+	loops      int           // request/response loops
+	interval   time.Duration // between a loop's requests
+	watches    int
+	nodes      int
+	drainGrace time.Duration
+	probe      time.Duration // balancers' readiness period
+	settle     time.Duration // bound on the return to baseline
+	keep       bool
+	scenarios  []string
+}
+
+var allScenarios = []string{"rolling", "sigkill", "slow", "cpkill", "netcut", "pgrestart", "pgoutage", "storm"}
+
+func main() {
+	if os.Getenv(roleEnv) != "" {
+		os.Exit(runChild())
+	}
+	var c config
+	flag.BoolVar(&c.short, "short", os.Getenv("KAS_BENCH_SHORT") == "1", "CI run: fewer agents, shorter phases (also KAS_BENCH_SHORT=1)")
+	flag.DurationVar(&c.phase, "duration", 0, "length of each phase (default 20s; 4s with -short)")
+	scen := flag.String("scenario", strings.Join(allScenarios, ","), "scenarios to run, comma separated: "+strings.Join(allScenarios, ","))
+	flag.BoolVar(&c.keep, "keep", false, "keep the temporary directory (children's logs, Postgres data)")
+	check := flag.Bool("check", false, "exit with status 1 when a goal is missed")
+	flag.Parse()
+	c.scenarios = strings.Split(*scen, ",")
+	for _, s := range c.scenarios {
+		if !slices.Contains(allScenarios, s) {
+			fmt.Fprintf(os.Stderr, "faults: unknown scenario %q (have %s)\n", s, strings.Join(allScenarios, ","))
+			os.Exit(2)
+		}
+	}
+	c.nodes, c.drainGrace, c.probe, c.interval = 3, 5*time.Second, 500*time.Millisecond, 50*time.Millisecond
+	if c.short {
+		c.agents, c.loops, c.watches, c.outage, c.settle = 30, 8, 8, 10*time.Second, 45*time.Second
+		if c.phase == 0 {
+			c.phase = 4 * time.Second
+		}
+	} else {
+		c.agents, c.loops, c.watches, c.outage, c.settle = 300, 16, 50, 30*time.Second, 90*time.Second
+		if c.phase == 0 {
+			c.phase = 20 * time.Second
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	start := time.Now()
+	met, err := run(ctx, c, os.Stdout)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "faults:", err)
+		os.Exit(2)
+	}
+	fmt.Fprintf(os.Stderr, "took %v\n", time.Since(start).Round(time.Second))
+	if !met {
+		fmt.Fprintln(os.Stderr, "some goals were missed (see the table)")
+		if *check {
+			os.Exit(1)
+		}
+	}
+}
+
+func run(ctx context.Context, c config, out io.Writer) (bool, error) {
+	t0 := time.Now()
+	e, err := startEnv(ctx, c)
+	if err != nil {
+		return false, err
+	}
+	defer e.close()
+	fmt.Fprintf(os.Stderr, "faults: topology up in %v (logs in %s)\n", time.Since(t0).Round(100*time.Millisecond), e.dir)
+	// Start from a settled state.
+	var snap snapshot
+	if err := poll(c.settle, 250*time.Millisecond, func() bool {
+		snap = e.snapshot(ctx)
+		return e.atBaseline(snap, snap)
+	}); err != nil {
+		return false, fmt.Errorf("topology did not settle: %s (logs in %s)", snap, e.dir)
+	}
+	var results []result
+	for _, name := range c.scenarios {
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		fmt.Fprintf(os.Stderr, "faults: %s...\n", name)
+		r := runScenario(ctx, e, name)
+		fmt.Fprintf(os.Stderr, "faults: %s: %s\n", name, r.verdict())
+		results = append(results, r)
+	}
+	met := report(out, c, results)
+	if !met {
+		fmt.Fprintf(os.Stderr, "faults: children's logs: %s\n", e.dir)
+		e.cfg.keep = true
+	}
+	return met, nil
+}
+
+// result is one scenario's row.
+type result struct {
+	name, fault, goal string
+	sent, ok          int
+	causes            string
+	reest             int64
+	watchOpenErrs     string
+	watchEvents       int64
+	pct               [nPhases]percentiles
+	recovery          string
+	lost              string
+	baseline          string
+	baselineOK        bool
+	met               bool
+	skipped           string
+	notes             []string
+}
+
+func (r result) verdict() string {
+	switch {
+	case r.skipped != "":
+		return "skipped"
+	case r.met && r.baselineOK:
+		return "ok"
+	case r.met:
+		return "MISSED (baseline)"
+	}
+	return "MISSED"
+}
+
+func report(out io.Writer, c config, results []result) bool {
+	met := true
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "fault harness: %d cores, %d nodes, 2 control planes, %d agents, %d request loops (1 per %v), %d watches, phases of %v, short=%v\n",
+		runtime.NumCPU(), c.nodes, c.agents, c.loops, c.interval, c.watches, c.phase, c.short)
+	fmt.Fprintln(w, "scenario\tsent\tok\tfailed\twatch re-est.\tp50/p99 before\tduring\tafter\trecovery\tlost/dup\tbaseline\tgoal\tverdict")
+	for _, r := range results {
+		if r.skipped != "" {
+			fmt.Fprintf(w, "%s\t-\t-\t-\t-\t-\t-\t-\t-\t-\t-\t%s\tskipped: %s\n", r.name, r.goal, r.skipped)
+			continue
+		}
+		v := r.verdict()
+		if v != "ok" {
+			met = false
+		}
+		pp := func(p percentiles) string {
+			if p.n == 0 {
+				return "-"
+			}
+			return ms(p.p50) + "/" + ms(p.p99)
+		}
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.name, r.sent, r.ok, r.sent-r.ok, r.reest,
+			pp(r.pct[before]), pp(r.pct[during]), pp(r.pct[after]), r.recovery, r.lost, r.baseline, r.goal, v)
+	}
+	w.Flush()
+	for _, r := range results {
+		if r.skipped != "" {
+			continue
+		}
+		fmt.Fprintf(out, "%s: %s; failed by cause: %s; watch events %d, watch opens failed: %s\n", r.name, r.fault, r.causes, r.watchEvents, r.watchOpenErrs)
+		for _, n := range r.notes {
+			fmt.Fprintf(out, "  %s\n", n)
+		}
+	}
+	return met
+}
+
+func ms(d time.Duration) string {
+	if d < 10*time.Millisecond {
+		return fmt.Sprintf("%.1fms", float64(d)/1e6)
+	}
+	return fmt.Sprintf("%.0fms", float64(d)/1e6)
+}
+
+type percentiles struct {
+	n        int
+	p50, p99 time.Duration
+}
+
+func percentilesOf(d []time.Duration) percentiles {
+	if len(d) == 0 {
+		return percentiles{}
+	}
+	d = slices.Clone(d)
+	slices.Sort(d)
+	return percentiles{n: len(d), p50: d[len(d)/2], p99: d[min(len(d)-1, len(d)*99/100)]}
+}
+
+// sleep waits d or until ctx ends (time-driven phases, not conditions).
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

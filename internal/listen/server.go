@@ -7,11 +7,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 )
 
 // Timeouts of the servers NewServer builds. There is no read or write
 // timeout: streams (watches, tunnels, server-streaming RPCs) live long.
+// ReadHeaderTimeout also closes a connection that sends nothing at all, and
+// one that sends its headers a byte at a time (slow loris): both are cut
+// ReadHeaderTimeout after they open.
 const (
 	ReadHeaderTimeout = 10 * time.Second
 	IdleTimeout       = 2 * time.Minute
@@ -24,6 +28,21 @@ const (
 	// its context ends before it closes the remaining connections.
 	ShutdownTimeout = 10 * time.Second
 )
+
+// readHeaderTimeout is the ReadHeaderTimeout NewServer uses; tests shorten
+// it with SetReadHeaderTimeout.
+var readHeaderTimeout atomic.Int64
+
+func init() { readHeaderTimeout.Store(int64(ReadHeaderTimeout)) }
+
+// SetReadHeaderTimeout makes the servers NewServer builds from now on use d
+// instead of ReadHeaderTimeout, and returns a function that restores the
+// previous value. It is for tests, which must not wait ten seconds for a
+// slow client to be cut; it applies process-wide.
+func SetReadHeaderTimeout(d time.Duration) (restore func()) {
+	old := readHeaderTimeout.Swap(int64(d))
+	return func() { readHeaderTimeout.Store(old) }
+}
 
 // NewServer returns an http.Server for h that speaks HTTP/1.1, HTTP/2 over
 // TLS and HTTP/2 with prior knowledge in clear text (h2c): Connect, gRPC and
@@ -40,7 +59,7 @@ func NewServer(h http.Handler, log *slog.Logger) *http.Server {
 	return &http.Server{
 		Handler:           h,
 		Protocols:         p,
-		ReadHeaderTimeout: ReadHeaderTimeout,
+		ReadHeaderTimeout: time.Duration(readHeaderTimeout.Load()),
 		IdleTimeout:       IdleTimeout,
 		MaxHeaderBytes:    1 << 20,
 		HTTP2:             &http.HTTP2Config{SendPingTimeout: SendPingTimeout, PingTimeout: PingTimeout},

@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -217,6 +218,35 @@ func TestAbuseFailedAuthFloodIsRateLimited(t *testing.T) {
 	}
 	if got := s.node.Metric(t, "proxy_auth_rate_limited_total"); got != flood-abuseBurst {
 		t.Errorf("kas_dataplane_proxy_auth_rate_limited_total = %v, want %d", got, flood-abuseBurst)
+	}
+	// The same flood sent all at once from a third address: the attempts
+	// in flight together do not pass the burst either.
+	third := clientFrom("127.0.0.3")
+	before = s.authorize.Load()
+	var wg sync.WaitGroup
+	var limited atomic.Int64
+	for range flood {
+		wrong, _ := secret.New(secret.AccessToken, patID)
+		sent = append(sent, wrong)
+		wg.Go(func() { // not proxyGet: no t.Fatal off the test's goroutine
+			req, _ := http.NewRequestWithContext(framework.Context(t), http.MethodGet, s.node.ProxyURL+"api", nil)
+			req.Header.Set("Authorization", fmt.Sprintf("Bearer pat:%d:%s", s.creds.ID, wrong))
+			resp, err := third.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusTooManyRequests {
+				limited.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if got := s.authorize.Load() - before; got != abuseBurst || limited.Load() != flood-abuseBurst {
+		t.Errorf("a concurrent flood of %d: %d control-plane calls and %d refused with 429, want %d and %d",
+			flood, got, limited.Load(), abuseBurst, flood-abuseBurst)
 	}
 
 	// The agent endpoint: wrong agent tokens, well-formed.

@@ -114,14 +114,14 @@ func reportRetries(w io.Writer, s spread, verdict func(bool) string) {
 
 // stormResult is the JSON line -storm-json prints last.
 type stormResult struct {
-	Agents            int     `json:"agents"`
-	ConnectS          float64 `json:"connect_s"`
-	RerouteS          float64 `json:"reroute_s"`
-	RerouteP50S       float64 `json:"reroute_p50_s"`
-	RerouteP99S       float64 `json:"reroute_p99_s"`
-	CPErrors          int64   `json:"cp_errors"`
-	AttemptsPerSecond []int   `json:"attempts_per_second"`
-	SpreadOK          bool    `json:"spread_ok"`
+	Agents            int      `json:"agents"`
+	ConnectS          float64  `json:"connect_s"`
+	RerouteS          *float64 `json:"reroute_s"` // null unless every agent was rerouted within the bound
+	RerouteP50S       float64  `json:"reroute_p50_s"`
+	RerouteP99S       float64  `json:"reroute_p99_s"`
+	CPErrors          int64    `json:"cp_errors"`
+	AttemptsPerSecond []int    `json:"attempts_per_second"`
+	SpreadOK          bool     `json:"spread_ok"`
 
 	// Rerouted: every agent routed to the surviving node, and only to it,
 	// within the bound; RerouteOK: that, within 60 s.
@@ -154,9 +154,14 @@ func roundS(d time.Duration) float64 { return math.Round(d.Seconds()*1000) / 100
 func stormJSON(c config, fl fleetResult) stormResult {
 	s := fl.retries.spread(c.agents)
 	rerouteOK := fl.reconnect.complete && fl.reconnect.all <= goalReconnect
+	var reroute *float64
+	if fl.reconnect.complete {
+		v := roundS(fl.reconnect.all)
+		reroute = &v
+	}
 	return stormResult{
 		Agents: c.agents, ConnectS: roundS(fl.initial.all),
-		RerouteS: roundS(fl.reconnect.all), RerouteP50S: roundS(fl.reconnect.p50), RerouteP99S: roundS(fl.reconnect.p99),
+		RerouteS: reroute, RerouteP50S: roundS(fl.reconnect.p50), RerouteP99S: roundS(fl.reconnect.p99),
 		CPErrors: fl.cpErrors, AttemptsPerSecond: s.perSecond, SpreadOK: s.ok,
 		Rerouted: fl.reconnect.complete, RerouteOK: rerouteOK,
 		FirstRetries: s.firsts, FirstRetriesPer100ms: s.firstPerWindow, FirstRetryP10S: roundS(s.p10), FirstRetryP50S: roundS(s.p50), FirstRetryP90S: roundS(s.p90),

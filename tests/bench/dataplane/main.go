@@ -130,8 +130,10 @@
 //     retrying at once, or after one fixed delay — puts nearly all of them
 //     into one 100 ms. The goal, at most 25% in the busiest 100 ms
 //     (wherever it starts), sits well clear of both: the sampling noise of
-//     1,000 agents (12–14% in the busiest 100 ms in these runs) and a smear of
-//     detection cannot reach it, a herd cannot pass it. With 10,000 agents
+//     1,000 agents does not reach it (12–14% in these runs), a slow
+//     detection only spreads the retries more, and a herd cannot meet it
+//     (the unit test TestSpreadTellsJitterFromHerd checks both sides). With
+//     10,000 agents
 //     the fleet children take up to 1.5 s of CPU to see every tunnel die
 //     (two cores shared with both nodes and the control plane), which
 //     spreads the retries further (busiest 100 ms ~10%, first retries over

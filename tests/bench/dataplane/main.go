@@ -132,9 +132,9 @@
 //     (wherever it starts), sits well clear of both: the sampling noise of
 //     1,000 agents does not reach it (12–14% in these runs), a slow
 //     detection only spreads the retries more, and a herd cannot meet it
-//     (the unit test TestSpreadTellsJitterFromHerd checks both sides). With
-//     10,000 agents
-//     the fleet children take up to 1.5 s of CPU to see every tunnel die
+//     (the unit test TestSpreadTellsJitterFromHerd checks both sides).
+//     With 10,000 agents the fleet children take up to 1.5 s of CPU to
+//     see every tunnel die
 //     (two cores shared with both nodes and the control plane), which
 //     spreads the retries further (busiest 100 ms ~10%, first retries over
 //     2 s). Per second the attempts are 1 s bins of that: nearly all

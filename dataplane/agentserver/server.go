@@ -287,8 +287,13 @@ func (s *Server) isDraining() bool {
 	return s.draining || s.closed
 }
 
+// unavailable prepares a 503 with Retry-After. It also closes the
+// connection after the answer: an agent's next handshake must go through
+// the load balancer again to find another node, not over this kept-alive
+// connection to a node that is draining or busy.
 func (s *Server) unavailable(w http.ResponseWriter, msg string) *tunnel.HTTPError {
 	w.Header().Set("Retry-After", strconv.Itoa(int((s.opts.RetryAfter+time.Second-1)/time.Second)))
+	w.Header().Set("Connection", "close")
 	return &tunnel.HTTPError{Status: http.StatusServiceUnavailable, Message: msg}
 }
 

@@ -188,6 +188,18 @@ func TestShutdownClosesIdleTunnelsAndRefusesNewOnes(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "503") || !strings.Contains(err.Error(), "draining") {
 		t.Errorf("handshake while draining: %v", err)
 	}
+	// The refusal closes its connection, so that the agent's next try goes
+	// through the load balancer to another node.
+	req, _ := http.NewRequest(http.MethodGet, strings.Replace(e.url, "ws://", "http://", 1), nil)
+	req.Header.Set("Authorization", "Bearer "+e.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !resp.Close {
+		t.Errorf("refusal while draining: status %d, connection closed %v; want 503 and Connection: close", resp.StatusCode, resp.Close)
+	}
 	// The idle tunnel closes; the busy one waits for its stream.
 	waitFor(t, "idle tunnel closed", func() bool { return e.srv.Tunnels() == 1 })
 	select {
@@ -204,7 +216,7 @@ func TestShutdownClosesIdleTunnelsAndRefusesNewOnes(t *testing.T) {
 	}
 	<-busy.Done()
 	st2 := e.srv.Stats()
-	if st2.Accepted != 2 || st2.RefusedDraining != 1 || st2.Closed != 2 || st2.Streams.StreamsOpened != 1 || st2.Streams.StreamsClosed != 1 {
+	if st2.Accepted != 2 || st2.RefusedDraining != 2 || st2.Closed != 2 || st2.Streams.StreamsOpened != 1 || st2.Streams.StreamsClosed != 1 {
 		t.Errorf("stats %+v", st2)
 	}
 }

@@ -55,6 +55,7 @@ type env struct {
 	upURL    string
 	agents   []*agentRun
 	cancel   context.CancelFunc // stops the agents
+	agentLog *slog.Logger       // agents.log in dir
 	agentsWG sync.WaitGroup
 
 	hc       *http.Client // for management calls
@@ -326,6 +327,11 @@ func (e *env) startAgents(ctx context.Context) error {
 		return fmt.Errorf("create agent: %w", err)
 	}
 	e.writesTo = w.GetAgent().GetId()
+	logf, err := os.Create(filepath.Join(e.dir, "agents.log"))
+	if err != nil {
+		return err
+	}
+	e.agentLog = slog.New(slog.NewJSONHandler(logf, nil))
 	e.agents = make([]*agentRun, e.cfg.agents)
 	errs := make(chan error, e.cfg.agents)
 	sem := make(chan struct{}, 8)
@@ -380,7 +386,7 @@ func (e *env) newAgent(ctx context.Context, i int) (*agentRun, error) {
 	}
 	ag, err := agent.New(agent.Options{
 		KASAddress: "ws://" + e.agentLB.addr(), TokenFile: tokenFile, Tunnels: tunnels, Version: "faults",
-		KubeAPIURL: e.upURL, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler),
+		KubeAPIURL: e.upURL, Registry: prometheus.NewRegistry(), Logger: e.agentLog.With("agent_id", id),
 		// Production defaults except the retry for a second node, so that
 		// a short run starts with its tunnels spread.
 		NodeRetry: 2 * time.Second,
@@ -493,17 +499,25 @@ func (s snapshot) String() string {
 		s.goroutines, s.streams, s.tunnels, s.agentTunnels, s.dbNodes, s.dbNotLive, s.dbOpenTunnels)
 }
 
-// atBaseline says whether now is back to base: no stream left open, no
-// goroutine leaked (10% + 50 of slack for pools and timers), every tunnel
-// back and the database agreeing with the nodes, no row of a dead node.
-func (e *env) atBaseline(base, now snapshot) bool {
+// settled says whether the topology is whole again: every agent has its
+// tunnels, the nodes count them too, and the database agrees — every node
+// live, no row of a dead node, as many open tunnels as the nodes hold.
+func (e *env) settled(now snapshot) bool {
 	return now.err == nil &&
-		now.streams <= base.streams &&
-		now.goroutines <= base.goroutines+base.goroutines/10+50 &&
 		now.agentTunnels == e.tunnelsWanted() &&
 		now.tunnels == int64(e.tunnelsWanted()) &&
 		now.dbNodes == int64(len(e.nodes)) && now.dbNotLive == 0 &&
 		now.dbOpenTunnels == now.tunnels
+}
+
+// atBaseline is settled, and moreover no tunnel stream is open beyond
+// base's, and no goroutine leaked (10% + 50 of slack for pools and
+// timers). The nodes keep idle pooled connections to agents (one stream
+// each) for 30 s, so this takes that long after a busy phase.
+func (e *env) atBaseline(base, now snapshot) bool {
+	return e.settled(now) &&
+		now.streams <= base.streams &&
+		now.goroutines <= base.goroutines+base.goroutines/10+50
 }
 
 func (e *env) close() {

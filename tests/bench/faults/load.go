@@ -44,10 +44,20 @@ type recorder struct {
 	reest       atomic.Int64 // watches re-established
 	watchEvents atomic.Int64
 	watchOpenErrs map[string]int
+	samples       map[string]string // cause: first body or error
 }
 
 func newRecorder() *recorder {
-	return &recorder{causes: map[string]int{}, watchOpenErrs: map[string]int{}}
+	return &recorder{causes: map[string]int{}, watchOpenErrs: map[string]int{}, samples: map[string]string{}}
+}
+
+// sample keeps the first answer of each failure cause, for the notes.
+func (r *recorder) sample(cause, body string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.samples[cause]; !ok {
+		r.samples[cause] = body
+	}
 }
 
 func (r *recorder) record(d time.Duration, cause string) {
@@ -142,11 +152,18 @@ func (e *env) startLoad(rec *recorder) *load {
 			for n := i; ctx.Err() == nil; n += e.cfg.loops {
 				ar := e.agents[1+n%(len(e.agents)-1)]
 				start := time.Now()
-				status, err := get(ctx, hc, base+"/api/v1/namespaces/default/pods", ar.token)
+				status, body, err := get(ctx, hc, base+"/api/v1/namespaces/default/pods", ar.token)
 				if ctx.Err() != nil {
 					return
 				}
-				rec.record(time.Since(start), cause(err, status))
+				c := cause(err, status)
+				rec.record(time.Since(start), c)
+				if c != "" {
+					if err != nil {
+						body = err.Error()
+					}
+					rec.sample(c, fmt.Sprintf("%s (agent %d)", strings.TrimSpace(body), ar.id))
+				}
 				select {
 				case <-ctx.Done():
 					return
@@ -163,22 +180,25 @@ func (e *env) startLoad(rec *recorder) *load {
 	return l
 }
 
-func get(ctx context.Context, hc *http.Client, url, token string) (int, error) {
+func get(ctx context.Context, hc *http.Client, url, token string) (int, string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := hc.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err == nil && resp.StatusCode == http.StatusOK && !strings.Contains(string(b), `"PodList"`) {
-		return resp.StatusCode, errors.New("unexpected body")
+		return resp.StatusCode, string(b), errors.New("unexpected body")
 	}
-	return resp.StatusCode, err
+	if len(b) > 300 {
+		b = b[:300]
+	}
+	return resp.StatusCode, string(b), err
 }
 
 // watch keeps a watch open, as a reflector does: when the stream ends, it

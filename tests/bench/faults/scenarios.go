@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -274,6 +276,9 @@ func runScenario(ctx context.Context, e *env, name string) result {
 		res.pct[p] = percentilesOf(r.lat[p])
 	}
 	res.watchOpenErrs = causeString(r.watchOpenErrs)
+	for _, c := range slices.Sorted(maps.Keys(r.samples)) {
+		res.notes = append(res.notes, fmt.Sprintf("first %s: %s", c, r.samples[c]))
+	}
 	r.mu.Unlock()
 	res.reest, res.watchEvents = r.reest.Load(), r.watchEvents.Load()
 	res.lost = "-"
@@ -291,19 +296,38 @@ func runScenario(ctx context.Context, e *env, name string) result {
 		res.notes = append(res.notes, "fault failed: "+faultErr.Error())
 	}
 
-	// Back to baseline?
+	// Back to baseline? (With -short, only settled here; the streams and
+	// goroutines are checked once, after the last scenario.)
+	res.baseline, res.baselineOK = e.backToBaseline(ctx, base, !e.cfg.short, &res.notes)
+	return *res
+}
+
+// backToBaseline waits until the topology has settled (full: and is at
+// base) and says how long it took.
+func (e *env) backToBaseline(ctx context.Context, base snapshot, full bool, notes *[]string) (string, bool) {
 	t0 := time.Now()
 	var now snapshot
+	checks := 0
+	ok := func(now snapshot) bool {
+		if full {
+			return e.atBaseline(base, now)
+		}
+		return e.settled(now)
+	}
 	err := poll(e.cfg.settle, 250*time.Millisecond, func() bool {
 		now = e.snapshot(ctx)
-		return e.atBaseline(base, now)
+		if checks++; checks == 1 && !ok(now) {
+			*notes = append(*notes, fmt.Sprintf("baseline: before %s; when the load stopped %s", base, now))
+		}
+		return ok(now)
 	})
-	if err == nil {
-		res.baselineOK = true
-		res.baseline = fmt.Sprintf("ok %.1f s", time.Since(t0).Seconds())
-	} else {
-		res.baseline = "NOT"
-		res.notes = append(res.notes, fmt.Sprintf("not back to baseline after %v: before %s; now %s", e.cfg.settle, base, now))
+	what := "ok"
+	if !full {
+		what = "settled"
 	}
-	return *res
+	if err != nil {
+		*notes = append(*notes, fmt.Sprintf("not back to baseline after %v: before %s; now %s", e.cfg.settle, base, now))
+		return "NOT", false
+	}
+	return fmt.Sprintf("%s %.1f s", what, time.Since(t0).Seconds()), true
 }

@@ -38,6 +38,7 @@ import (
 	"github.com/kas-project/kas/internal/authn"
 	"github.com/kas-project/kas/internal/cptest"
 	"github.com/kas-project/kas/internal/listen"
+	"github.com/kas-project/kas/internal/obs"
 	"github.com/kas-project/kas/internal/ratelimit"
 	"github.com/kas-project/kas/internal/secret"
 	"github.com/kas-project/kas/tests/framework"
@@ -517,14 +518,19 @@ func TestAbuseNoSSRF(t *testing.T) {
 	// node has one.
 	relaysOut := front.Metric(t, "relays_out_total", "result", "ok")
 	backIn := back.Metric(t, "relays_in_total", "result", "ok")
-	d, err := relay.NewDialer(relay.DialerOptions{NodeID: "caller", Key: env.PrivateKey})
+	// Its other fields name the canary: they are only logged.
+	d, err := relay.NewDialer(relay.DialerOptions{NodeID: "grpc://" + ca, Key: env.PrivateKey})
 	if err != nil {
 		t.Fatal(err)
 	}
+	rctx := obs.WithRequestID(ctx, "http://"+ca+"/")
 	for _, id := range []int64{creds.ID, lonely.ID, 1 << 40} {
-		if _, err := d.Dial(ctx, front.PrivateURL(), id); !errors.Is(err, relay.ErrNoTunnel) {
+		if _, err := d.Dial(rctx, front.PrivateURL(), id); !errors.Is(err, relay.ErrNoTunnel) {
 			t.Errorf("relay to the front node for agent %d: %v, want ErrNoTunnel", id, err)
 		}
+	}
+	if n := dialed.Load(); n != 0 {
+		t.Fatalf("the canary was dialled %d times", n)
 	}
 	if got := front.Metric(t, "relays_out_total", "result", "ok"); got != relaysOut {
 		t.Errorf("the front node relayed onward: relays_out_total{ok} %v → %v", relaysOut, got)

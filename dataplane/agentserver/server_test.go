@@ -215,6 +215,8 @@ func TestShutdownClosesIdleTunnelsAndRefusesNewOnes(t *testing.T) {
 		t.Errorf("%d tunnels left", e.srv.Tunnels())
 	}
 	<-busy.Done()
+	// The closed count follows the registry: wait for the second one.
+	waitFor(t, "both tunnels counted closed", func() bool { return e.srv.Stats().Closed == 2 })
 	st2 := e.srv.Stats()
 	if st2.Accepted != 2 || st2.RefusedDraining != 2 || st2.Closed != 2 || st2.Streams.StreamsOpened != 1 || st2.Streams.StreamsClosed != 1 {
 		t.Errorf("stats %+v", st2)

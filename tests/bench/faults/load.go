@@ -265,14 +265,27 @@ type writes struct {
 	refused map[string]int
 	unsure  []string
 	causes  map[string]int // ambiguous, by cause
+	samples map[string]string
 }
 
-func (e *env) startWrites(prefix string) *writes {
+// startWrites runs writers loops, each pausing pause between writes.
+func (e *env) startWrites(prefix string, writers int, pause time.Duration) *writes {
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &writes{prefix: prefix, cancel: cancel, done: make(chan struct{}), refused: map[string]int{}, causes: map[string]int{}}
+	w := &writes{prefix: prefix, cancel: cancel, done: make(chan struct{}), refused: map[string]int{}, causes: map[string]int{}, samples: map[string]string{}}
+	var wg sync.WaitGroup
+	for k := range writers {
+		wg.Go(func() { w.loop(ctx, e, fmt.Sprintf("%s-%d", prefix, k), pause) })
+	}
 	go func() {
-		defer close(w.done)
-		tick := time.NewTicker(50 * time.Millisecond)
+		wg.Wait()
+		close(w.done)
+	}()
+	return w
+}
+
+func (w *writes) loop(ctx context.Context, e *env, prefix string, pause time.Duration) {
+	{
+		tick := time.NewTicker(max(pause, time.Millisecond))
 		defer tick.Stop()
 		for i := 0; ctx.Err() == nil; i++ {
 			name := fmt.Sprintf("%s-%d", prefix, i)
@@ -297,21 +310,34 @@ func (e *env) startWrites(prefix string) *writes {
 				w.refused[ce.Code().String()]++
 			default:
 				w.unsure = append(w.unsure, name)
-				c := "other"
-				if errors.As(err, &ce) {
+				// By what the transport saw (connect-go calls a reset
+				// "canceled").
+				c := cause(err, 0)
+				if c == "other" && errors.As(err, &ce) {
 					c = ce.Code().String()
 				}
 				w.causes[c]++
 			}
+			if err != nil {
+				k := "refused"
+				if !answered.Load() {
+					k = "no answer"
+				}
+				if _, ok := w.samples[k]; !ok {
+					w.samples[k] = err.Error()
+				}
+			}
 			w.mu.Unlock()
+			if pause == 0 {
+				continue
+			}
 			select {
 			case <-ctx.Done():
 				return
 			case <-tick.C:
 			}
 		}
-	}()
-	return w
+	}
 }
 
 func (w *writes) stop() {
@@ -325,6 +351,7 @@ type writeCheck struct {
 	lost, dup, phantom       int // done but absent; stored twice; refused but stored
 	unsureStored             int
 	refusedBy, unsureBy      string
+	samples                  map[string]string
 	err                      error
 }
 
@@ -332,8 +359,12 @@ func (c writeCheck) String() string {
 	if c.err != nil {
 		return "check failed: " + c.err.Error()
 	}
-	return fmt.Sprintf("writes: %d done, %d refused (%s), %d no answer (%s; %d of them stored); lost %d, duplicated %d, refused-but-stored %d",
+	s := fmt.Sprintf("writes: %d done, %d refused (%s), %d no answer (%s; %d of them stored); lost %d, duplicated %d, refused-but-stored %d",
 		c.ok, c.refused, c.refusedBy, c.unsure, c.unsureBy, c.unsureStored, c.lost, c.dup, c.phantom)
+	for _, k := range slices.Sorted(maps.Keys(c.samples)) {
+		s += fmt.Sprintf("\n  first write %s: %s", k, c.samples[k])
+	}
+	return s
 }
 
 func (c writeCheck) clean() bool { return c.err == nil && c.lost == 0 && c.dup == 0 && c.phantom == 0 }
@@ -341,7 +372,7 @@ func (c writeCheck) clean() bool { return c.err == nil && c.lost == 0 && c.dup =
 func (e *env) checkWrites(ctx context.Context, w *writes) writeCheck {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	c := writeCheck{ok: len(w.ok), unsure: len(w.unsure), refusedBy: causeString(w.refused), unsureBy: causeString(w.causes)}
+	c := writeCheck{ok: len(w.ok), unsure: len(w.unsure), refusedBy: causeString(w.refused), unsureBy: causeString(w.causes), samples: w.samples}
 	for _, n := range w.refused {
 		c.refused += n
 	}

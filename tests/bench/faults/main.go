@@ -269,8 +269,8 @@ func ms(d time.Duration) string {
 }
 
 type percentiles struct {
-	n        int
-	p50, p99 time.Duration
+	n             int
+	p50, p99, max time.Duration
 }
 
 func percentilesOf(d []time.Duration) percentiles {
@@ -279,7 +279,7 @@ func percentilesOf(d []time.Duration) percentiles {
 	}
 	d = slices.Clone(d)
 	slices.Sort(d)
-	return percentiles{n: len(d), p50: d[len(d)/2], p99: d[min(len(d)-1, len(d)*99/100)]}
+	return percentiles{n: len(d), p50: d[len(d)/2], p99: d[min(len(d)-1, len(d)*99/100)], max: d[len(d)-1]}
 }
 
 // sleep waits d or until ctx ends (time-driven phases, not conditions).

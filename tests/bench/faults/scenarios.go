@@ -6,6 +6,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strings"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -18,6 +19,8 @@ import (
 type scenario struct {
 	fault, goal string
 	writes      bool
+	writers     int           // write loops (default 1)
+	writePause  time.Duration // between a loop's writes (default 50 ms; <0: none)
 	setup       func(ctx context.Context, e *env, x *trial) error
 	faultFn     func(ctx context.Context, e *env, x *trial) error
 	teardown    func(ctx context.Context, e *env, x *trial)
@@ -152,9 +155,9 @@ var scenarios = map[string]scenario{
 		},
 	},
 	"cpkill": {
-		fault:  "SIGKILL control plane 1 with writes in flight; restart it after the phase",
+		fault:  "SIGKILL control plane 1 with writes in flight (4 loops, back to back); restart it after the phase",
 		goal:   "0 failed, writes clean",
-		writes: true,
+		writes: true, writers: 4, writePause: -1,
 		faultFn: func(ctx context.Context, e *env, x *trial) error {
 			c := e.cps[0]
 			c.kill()
@@ -253,7 +256,11 @@ func runScenario(ctx context.Context, e *env, name string) result {
 	ld := e.startLoad(x.rec)
 	var w *writes
 	if s.writes {
-		w = e.startWrites(fmt.Sprintf("w%s%d", name, time.Now().Unix()%100000))
+		n, pause := max(s.writers, 1), s.writePause
+		if pause == 0 {
+			pause = 50 * time.Millisecond
+		}
+		w = e.startWrites(fmt.Sprintf("w%s%d", name, time.Now().Unix()%100000), n, max(pause, 0))
 	}
 	sleep(ctx, e.cfg.phase)
 	x.rec.phase.Store(during)
@@ -272,9 +279,12 @@ func runScenario(ctx context.Context, e *env, name string) result {
 	r := x.rec
 	r.mu.Lock()
 	res.sent, res.ok, res.causes = r.sent, r.ok, causeString(r.causes)
+	var maxes []string
 	for p := range nPhases {
 		res.pct[p] = percentilesOf(r.lat[p])
+		maxes = append(maxes, ms(res.pct[p].max))
 	}
+	res.notes = append(res.notes, "max latency before/during/after: "+strings.Join(maxes, "/"))
 	res.watchOpenErrs = causeString(r.watchOpenErrs)
 	for _, c := range slices.Sorted(maps.Keys(r.samples)) {
 		res.notes = append(res.notes, fmt.Sprintf("first %s: %s", c, r.samples[c]))

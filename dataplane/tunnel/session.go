@@ -40,7 +40,12 @@ type Session struct {
 
 	done     chan struct{} // closed when the session ends
 	goneAway chan struct{} // closed when the peer sent GOAWAY
-	wg       sync.WaitGroup
+	// goAwayAcked is closed when the peer answered the PING sent right
+	// after our GOAWAY: it has read the GOAWAY, and every OPEN it sent
+	// before has arrived (and was refused).
+	goAwayAcked chan struct{}
+	goAwaySeq   atomic.Uint32 // that PING's value; 0 before GoAway
+	wg          sync.WaitGroup
 
 	// mu guards the stream table, the accept backlog and the session state.
 	mu         sync.Mutex
@@ -98,14 +103,15 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 		return nil, fmt.Errorf("tunnel config: %w", err)
 	}
 	s := &Session{
-		conn:       conn,
-		cfg:        cfg.withDefaults(),
-		client:     client,
-		done:       make(chan struct{}),
-		goneAway:   make(chan struct{}),
-		streams:    make(map[uint32]*Stream),
-		acceptWake: make(chan struct{}, 1),
-		idleWake:   make(chan struct{}, 1),
+		conn:        conn,
+		cfg:         cfg.withDefaults(),
+		client:      client,
+		done:        make(chan struct{}),
+		goneAway:    make(chan struct{}),
+		goAwayAcked: make(chan struct{}),
+		streams:     make(map[uint32]*Stream),
+		acceptWake:  make(chan struct{}, 1),
+		idleWake:    make(chan struct{}, 1),
 	}
 	s.nextID = 2
 	if client {
@@ -214,26 +220,39 @@ func (s *Session) GoAway() {
 	}
 	s.goAwaySent = true
 	s.enqueue(ctrlItem{h: header{typ: typeGoAway}})
+	// The peer may have sent OPENs before it reads the GOAWAY; they are
+	// refused here, which it retries elsewhere. Its PONG to this PING
+	// says they have all arrived, so Shutdown can close.
+	seq := s.pingSeq.Add(1)
+	s.pingSentAt.Store(time.Now().UnixNano())
+	s.goAwaySeq.Store(seq)
+	s.enqueue(ctrlItem{h: header{typ: typePing, val: seq}})
 }
 
 // GoneAway is closed when the peer sent GOAWAY: open a replacement tunnel,
 // then Shutdown this one.
 func (s *Session) GoneAway() <-chan struct{} { return s.goneAway }
 
-// Shutdown drains the session: it sends GOAWAY, waits until no stream is
-// left or ctx ends, then closes the session. It returns ctx's error if
-// streams were still open.
+// Shutdown drains the session: it sends GOAWAY, waits until the peer has
+// read it (so that no stream the peer opened meanwhile is lost: those are
+// refused, and Retryable) and no stream is left, or ctx ends, then closes
+// the session. It returns ctx's error if streams were still open.
 func (s *Session) Shutdown(ctx context.Context) error {
 	s.GoAway()
+	acked := s.goAwayAcked
 	for {
 		s.mu.Lock()
 		n, dead := len(s.streams), s.err != nil
 		s.mu.Unlock()
-		if n == 0 || dead {
+		if isDone(acked) {
+			acked = nil // wait for the streams only
+		}
+		if dead || n == 0 && acked == nil {
 			return s.Close()
 		}
 		select {
 		case <-s.idleWake:
+		case <-acked:
 		case <-s.done:
 		case <-ctx.Done():
 			s.Close()
@@ -627,6 +646,11 @@ func (s *Session) handle(h header) error {
 		if h.val == s.pingSeq.Load() {
 			s.rtt.Store(time.Since(time.Unix(0, s.pingSentAt.Load())).Nanoseconds())
 		}
+		// PINGs are answered in order, so a PONG to this or a later PING
+		// acknowledges the GOAWAY.
+		if seq := s.goAwaySeq.Load(); seq != 0 && int32(h.val-seq) >= 0 && !isDone(s.goAwayAcked) {
+			close(s.goAwayAcked)
+		}
 	case typeGoAway:
 		s.mu.Lock()
 		first := !s.goAwayRecv
@@ -719,5 +743,14 @@ func notify(c chan struct{}) {
 	select {
 	case c <- struct{}{}:
 	default:
+	}
+}
+
+func isDone(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
 	}
 }

@@ -45,8 +45,10 @@ type dialCounters struct {
 //
 // When the agent has tunnels that cannot take the stream right now (they
 // are going away, or the node holding them has lost them), DialAgent
-// retries with backoff for up to Options.DialTimeout while the agent moves;
-// an agent with no tunnel anywhere fails at once with ErrNotConnected. ctx
+// retries with backoff for up to Options.DialTimeout while the agent moves
+// (also when, after such a try, no node holds a tunnel: the agent's new
+// tunnel is not known to the control plane yet); an agent with no tunnel
+// anywhere at the first try fails at once with ErrNotConnected. ctx
 // bounds the dial only, as with net.Dialer.
 func (n *Node) DialAgent(ctx context.Context, agentID int64) (net.Conn, error) {
 	if agentID <= 0 {
@@ -56,12 +58,17 @@ func (n *Node) DialAgent(ctx context.Context, agentID int64) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.opts.DialTimeout)
 	defer cancel()
 	wait := 10 * time.Millisecond
+	moving := false
 	for {
 		conn, retry, err := n.dialOnce(ctx, agentID)
 		if err == nil {
 			return conn, nil
 		}
-		if !retry {
+		// An agent that had a tunnel a moment ago and now has none is
+		// moving: the node it moved to reports the new tunnel to the
+		// control plane a little after the old one closed.
+		moving = moving || retry
+		if !retry && !(moving && errors.Is(err, ErrNotConnected)) {
 			return nil, err
 		}
 		d := wait/2 + rand.N(wait/2+1)

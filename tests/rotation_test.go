@@ -176,6 +176,24 @@ func (s *loadStats) record(err error) {
 	s.mu.Unlock()
 }
 
+// rotationProcedure is what the test does, in order, as docs/security.md
+// words it (line breaks aside): the test fails if the documented procedure
+// changes without it.
+var rotationProcedure = []string{
+	"Write `NEW` then `OLD` (two lines) into the control plane's `api_secret_key` file; roll the control plane.",
+	"Give Rails the new key",
+	"write `NEW` alone and roll the control plane again.",
+	"three rolling restarts of both the control plane and the dataplane",
+	"1. `OLD` then `NEW`",
+	"2. `NEW` then `OLD`",
+	"3. `NEW` alone",
+	"1. Create a new token",
+	"a rolling restart of agentk",
+	"The new pod opens its tunnels before the old one stops",
+	"2. Check that nothing uses the old token any more",
+	"3. Revoke the old token (`RevokeAgentToken`).",
+}
+
 // TestRotationUnderLoad follows docs/security.md, "Rotating secrets
 // without downtime", step by step while Rails calls the management API,
 // callers reach every agent through every node (relays included) with
@@ -188,6 +206,20 @@ func TestRotationUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
+	doc := readDoc(t, "security.md")
+	if i := strings.Index(doc, "## Rotating secrets without downtime"); i < 0 {
+		t.Fatal("docs/security.md has no rotation section")
+	} else {
+		doc = strings.Join(strings.Fields(doc[i:]), " ")
+	}
+	for _, step := range rotationProcedure {
+		i := strings.Index(doc, step)
+		if i < 0 {
+			t.Fatalf("docs/security.md no longer says, after the previous step, %q: update this test with the procedure", step)
+		}
+		doc = doc[i+len(step):]
+	}
+
 	start := time.Now()
 	ctx := context.Background()
 	dir := t.TempDir()

@@ -56,6 +56,7 @@ type rotationDataplane struct {
 
 	mu    sync.Mutex
 	nodes []*framework.ProxyNode
+	all   []*framework.ProxyNode // every node started, for their logs
 	gen   int
 	next  int
 	// AgentURL is the balancer agents connect to.
@@ -99,6 +100,7 @@ func (d *rotationDataplane) start() *framework.ProxyNode {
 	})
 	d.mu.Lock()
 	d.nodes = append(d.nodes, n)
+	d.all = append(d.all, n)
 	d.mu.Unlock()
 	return n
 }
@@ -516,6 +518,13 @@ func TestRotationUnderLoad(t *testing.T) {
 	}
 	t.Logf("%d requests succeeded in %d loops over %v", total, len(stats), time.Since(start).Round(time.Millisecond))
 	t.Logf("the HTTP/1.1 management client (not asserted): %d succeeded, %d failed %q", h1.ok.Load(), h1.fail.Load(), h1.errs)
+	// Nodes call the control plane over HTTP/1.1 too: say how often one
+	// of those calls met a replica closing its connection (they retry).
+	cut := 0
+	for _, n := range dp.all {
+		cut += n.Logs.Count("unexpected EOF") + n.Logs.Count("connection reset by peer")
+	}
+	t.Logf("node log lines about a control-plane connection cut: %d", cut)
 
 	// The old secrets are refused everywhere.
 	oldAgents, _ := railsClients(oldAPI)

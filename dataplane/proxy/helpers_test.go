@@ -56,6 +56,8 @@ type seen struct {
 //
 //   - /watch writes one event, then the next each time release is sent;
 //   - /upgrade switches to "kas-test" and echoes bytes;
+//   - /cors answers like an API server with CORS of its own
+//     (Access-Control-* headers and Vary: Accept-Encoding);
 //   - anything else answers a small JSON object naming the agent.
 type upstream struct {
 	*httptest.Server
@@ -96,6 +98,16 @@ func newUpstream(t testing.TB, agentID int64) *upstream {
 			fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: kas-test\r\nConnection: Upgrade\r\n\r\n")
 			brw.Flush()
 			io.Copy(conn, brw)
+		case "/cors":
+			h := w.Header()
+			h.Set("Access-Control-Allow-Origin", "*")
+			h.Set("Access-Control-Allow-Credentials", "false")
+			h.Set("Access-Control-Allow-Methods", "TRACE")
+			h.Set("Access-Control-Expose-Headers", "X-Secret")
+			h.Set("access-control-max-age", "1")
+			h.Set("Vary", "Accept-Encoding")
+			h.Set("Content-Type", "application/json")
+			fmt.Fprintf(w, `{"agent":%d,"path":%q}`, agentID, r.URL.Path)
 		default:
 			w.Header().Set("Content-Type", "application/json")
 			fmt.Fprintf(w, `{"agent":%d,"path":%q}`, agentID, r.URL.Path)

@@ -40,6 +40,11 @@ type Options struct {
 	// path_prefix); it starts and ends with '/' and is stripped before the
 	// request goes to the agent. Default DefaultPathPrefix.
 	PathPrefix string
+	// AllowedOrigins are the origins (scheme://host[:port]) whose browser
+	// pages may use the proxy (dataplane.kubernetes_api.allowed_origins,
+	// see ParseOrigins and cors.go); a request with another Origin, not
+	// the proxy's own, is refused with 403. Validate normalises them.
+	AllowedOrigins []string
 	// Auth is the control plane's AuthService.
 	Auth dataplanev1connect.AuthServiceClient
 	// Transport carries a request to the agent that its context names
@@ -86,6 +91,9 @@ func (o *Options) Validate() error {
 	}
 	if !strings.HasPrefix(o.PathPrefix, "/") || !strings.HasSuffix(o.PathPrefix, "/") {
 		errs = append(errs, fmt.Errorf("dataplane.kubernetes_api.path_prefix: %q must start and end with /", o.PathPrefix))
+	}
+	if err := o.checkOrigins(); err != nil {
+		errs = append(errs, err)
 	}
 	if o.AllowTTL <= 0 {
 		o.AllowTTL = MaxAllowTTL
@@ -227,7 +235,8 @@ func (p *Proxy) Stats() Stats {
 type call struct {
 	agentID int64
 	dec     *decision
-	code    int // the status answered, for metrics and logs
+	origin  string // the allowed Origin of a browser's request; "" for none
+	code    int    // the status answered, for metrics and logs
 }
 
 type callKey struct{}
@@ -247,6 +256,10 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	if p.opts.NodeID != "" {
 		ctx = obs.WithNodeID(ctx, p.opts.NodeID)
+	}
+	origin, hasOrigin := requestOrigin(r)
+	if hasOrigin && p.cors(w, r, origin) {
+		return // refused, or a preflight answered
 	}
 	if !p.begin() {
 		p.refuse(ctx, w, r, http.StatusServiceUnavailable, "kas: this dataplane node is shutting down; retry", nil)
@@ -316,7 +329,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	c := &call{agentID: cred.agentID, dec: dec}
+	c := &call{agentID: cred.agentID, dec: dec, origin: origin}
 	ctx, cancel := context.WithCancel(context.WithValue(p.opts.WithAgent(ctx, cred.agentID), callKey{}, c))
 	stop := context.AfterFunc(p.ctx, cancel) // Close ends watches and upgraded streams
 	defer func() {
@@ -346,6 +359,7 @@ func (p *Proxy) refuse(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		attrs = append(attrs, "principal", dec.principal)
 	}
 	p.log.Log(ctx, level, "refused proxy request", attrs...)
+	setCORS(w.Header(), p.allowedOrigin(r))
 	WriteStatus(w, code, msg)
 }
 
@@ -408,9 +422,14 @@ func strippedHeader(k string) bool {
 	return false
 }
 
+// modifyResponse records the agent's status and makes kas the only CORS
+// authority: the upstream's Access-Control-* headers go, and kas's own are
+// added for an allowed origin.
 func (p *Proxy) modifyResponse(resp *http.Response) error {
+	stripUpstreamCORS(resp.Header)
 	if c, ok := resp.Request.Context().Value(callKey{}).(*call); ok {
 		c.code = resp.StatusCode
+		setCORS(resp.Header, c.origin)
 	}
 	return nil
 }
@@ -433,6 +452,7 @@ func (p *Proxy) transportError(w http.ResponseWriter, r *http.Request, err error
 	c.code = code
 	p.log.WarnContext(r.Context(), "proxy request to the agent failed", "method", r.Method, "path", r.URL.Path,
 		"code", code, "principal", c.dec.principalOrEmpty(), "err", err)
+	setCORS(w.Header(), c.origin)
 	WriteStatus(w, code, msg)
 }
 

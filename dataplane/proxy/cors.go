@@ -66,8 +66,9 @@ var (
 // ParseOrigins parses dataplane.kubernetes_api.allowed_origins: a
 // comma-separated list of origins, each scheme://host[:port] with scheme
 // http or https. It returns them as browsers write the Origin header:
-// lower case, without a default port or a trailing slash. Errors name no
-// setting; the caller adds it.
+// lower case, without a default port or a trailing slash. The error
+// joins one error per bad origin (errors.Join); they name no setting, the
+// caller adds it.
 func ParseOrigins(s string) ([]string, error) {
 	var out []string
 	var errs []error

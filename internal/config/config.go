@@ -127,6 +127,12 @@ type KubernetesAPI struct {
 	Listen Listen `yaml:"listen"`
 	// PathPrefix is where the proxy is served; it starts and ends with '/'.
 	PathPrefix string `yaml:"path_prefix"`
+	// AllowedOrigins is a comma-separated list of origins
+	// (scheme://host[:port], e.g. https://gitlab.example.com) whose browser
+	// pages may use the proxy (CORS). A request with any other Origin
+	// header, not the proxy's own, is refused with 403. Empty: same-origin
+	// pages only. Requests without Origin are unaffected.
+	AllowedOrigins string `yaml:"allowed_origins"`
 }
 
 // PrivateAPI is the node-to-node relay listener.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/kas-project/kas/dataplane/proxy"
 	"github.com/kas-project/kas/internal/obs"
 	"github.com/kas-project/kas/internal/ratelimit"
 )
@@ -113,6 +114,11 @@ func (c *Config) Validate(role Role) error {
 		add(d.PrivateAPI.Listen.Spec("dataplane.private_api.listen").Validate())
 		if p := d.KubernetesAPI.PathPrefix; !strings.HasPrefix(p, "/") || !strings.HasSuffix(p, "/") {
 			addf("dataplane.kubernetes_api.path_prefix: %q must start and end with /", p)
+		}
+		if _, err := proxy.ParseOrigins(d.KubernetesAPI.AllowedOrigins); err != nil {
+			for _, e := range err.(interface{ Unwrap() []error }).Unwrap() { // one per origin
+				addf("dataplane.kubernetes_api.allowed_origins: %w", e)
+			}
 		}
 		errs = append(errs, d.OwnPrivateAPI.check()...)
 		errs = append(errs, d.FailedAuth.check()...)

@@ -56,6 +56,13 @@ func (s *Server) newDataplane(cfg *config.Config) error {
 		proxyL.Close()
 		return &ConfigError{err}
 	}
+	origins, err := proxy.ParseOrigins(d.KubernetesAPI.AllowedOrigins)
+	if err != nil {
+		agentL.Close()
+		privateL.Close()
+		proxyL.Close()
+		return &ConfigError{fmt.Errorf("dataplane.kubernetes_api.allowed_origins: %w", err)}
+	}
 	o := d.OwnPrivateAPI
 	if s.cp == nil { // else the control plane's part said it already
 		logRotation(s.log, "private_api_secret_key_file", cfg.ExtraPrivateAPISecretKeys)
@@ -70,7 +77,7 @@ func (s *Server) newDataplane(cfg *config.Config) error {
 		PrivateAPIListener:        privateL,
 		// The node closes the listeners, also when New fails.
 		KubernetesAPIListener: proxyL,
-		KubernetesAPI:         proxy.Options{PathPrefix: d.KubernetesAPI.PathPrefix, FailedAuth: proxyLimit},
+		KubernetesAPI:         proxy.Options{PathPrefix: d.KubernetesAPI.PathPrefix, AllowedOrigins: origins, FailedAuth: proxyLimit},
 		AgentFailedAuth:       agentLimit,
 		OwnPrivateAPI:         discovery.PrivateURLOptions{URL: o.URL, CIDR: o.CIDR, Port: o.Port, Scheme: o.Scheme, Host: o.Host},
 		DrainGrace:            d.DrainGrace,
@@ -85,7 +92,8 @@ func (s *Server) newDataplane(cfg *config.Config) error {
 	}
 	s.log.Info("dataplane node", "node_id", host, "private_url", s.node.PrivateURL(),
 		"agent_listener", agentL.Addr().String(), "private_api_listener", privateL.Addr().String(),
-		"kubernetes_api_listener", proxyL.Addr().String(), "kubernetes_api_path_prefix", d.KubernetesAPI.PathPrefix)
+		"kubernetes_api_listener", proxyL.Addr().String(), "kubernetes_api_path_prefix", d.KubernetesAPI.PathPrefix,
+		"kubernetes_api_allowed_origins", origins)
 	s.readiness = append(s.readiness, s.node.Ready)
 	return nil
 }

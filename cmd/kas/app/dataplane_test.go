@@ -43,6 +43,7 @@ func TestDataplaneRole(t *testing.T) {
 	cfg.Dataplane.Agent.Listen.Address = "127.0.0.1:0"
 	cfg.Dataplane.PrivateAPI.Listen.Address = "127.0.0.1:0"
 	cfg.Dataplane.KubernetesAPI.Listen.Address = "127.0.0.1:0"
+	cfg.Dataplane.KubernetesAPI.AllowedOrigins = "https://GitLab.example.com/"
 	cfg.Observability.Listen.Address = "127.0.0.1:0"
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -87,6 +88,22 @@ func TestDataplaneRole(t *testing.T) {
 	}
 	if _, metrics := get("/metrics"); !strings.Contains(metrics, "kas_dataplane_registered 1") || !strings.Contains(metrics, "kas_dataplane_tunnels 0") {
 		t.Error("/metrics lacks the dataplane's metrics")
+	}
+
+	// dataplane.kubernetes_api.allowed_origins reaches the proxy,
+	// normalised as browsers write Origin.
+	for origin, want := range map[string]int{"https://gitlab.example.com": http.StatusNoContent, "https://evil.example": http.StatusForbidden} {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodOptions, "http://"+s.Addr("dataplane.kubernetes_api.listen").String()+"/k8s-proxy/api", nil)
+		req.Header.Set("Origin", origin)
+		req.Header.Set("Access-Control-Request-Method", "GET")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("preflight from %s answered %d, want %d", origin, resp.StatusCode, want)
+		}
 	}
 
 	cancel() // SIGTERM

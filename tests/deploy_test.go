@@ -756,6 +756,9 @@ func TestChartKas(t *testing.T) {
 				if env["OWN_PRIVATE_API_CIDR"] != nil {
 					t.Error("OWN_PRIVATE_API_CIDR set in podIP mode")
 				}
+				if env["KAS_DATAPLANE_KUBERNETES_API_ALLOWED_ORIGINS"] != nil {
+					t.Error("KAS_DATAPLANE_KUBERNETES_API_ALLOWED_ORIGINS set without allowedOrigins")
+				}
 				if g := deployStr(env["KAS_DATAPLANE_DRAIN_GRACE"], "value"); g != "30s" {
 					t.Errorf("KAS_DATAPLANE_DRAIN_GRACE %q, want 30s", g)
 				}
@@ -786,6 +789,7 @@ dataplane:
   drainGraceSeconds: 120
   terminationExtraSeconds: 10
   privateAPI: {mode: cidr, cidr: "10.244.0.0/16,fd00:10:244::/56"}
+  kubernetesAPI: {allowedOrigins: ["https://gitlab.example.com", "http://localhost:3000"]}
   autoscaling: {enabled: false}
   podDisruptionBudget: {maxUnavailable: 25%}
   topologySpreadConstraints:
@@ -808,6 +812,9 @@ dataplane:
 				}
 				if env["OWN_PRIVATE_API_URL"] != nil || env["POD_IP"] != nil {
 					t.Error("OWN_PRIVATE_API_URL or POD_IP set in cidr mode")
+				}
+				if o := deployStr(env["KAS_DATAPLANE_KUBERNETES_API_ALLOWED_ORIGINS"], "value"); o != "https://gitlab.example.com,http://localhost:3000" {
+					t.Errorf("KAS_DATAPLANE_KUBERNETES_API_ALLOWED_ORIGINS %q", o)
 				}
 				if g := deployStr(env["KAS_DATAPLANE_DRAIN_GRACE"], "value"); g != "120s" {
 					t.Errorf("KAS_DATAPLANE_DRAIN_GRACE %q, want 120s", g)
@@ -1041,6 +1048,8 @@ func TestChartKasRejects(t *testing.T) {
 		{"external control plane without URL", "controlplane: {enabled: false}\nmigrations: {enabled: false}\n", "helm", "dataplane.controlplaneURL"},
 		{"drain grace below kas's minimum", db + "dataplane: {drainGraceSeconds: 3}\n", "helm", "/dataplane/drainGraceSeconds"},
 		{"path prefix without slash", db + "dataplane: {kubernetesAPI: {pathPrefix: k8s-proxy}}\n", "helm", "/dataplane/kubernetesAPI/pathPrefix"},
+		{"allowed origin with a path", db + "dataplane: {kubernetesAPI: {allowedOrigins: [\"https://gitlab.example.com/-/\"]}}\n", "helm", "/dataplane/kubernetesAPI/allowedOrigins"},
+		{"allowed origins as one string", db + "dataplane: {kubernetesAPI: {allowedOrigins: https://gitlab.example.com}}\n", "helm", "/dataplane/kubernetesAPI/allowedOrigins"},
 		{"annotation that is not a string", db + "controlplane: {podAnnotations: {kas/build: 42}}\n", "kubeconform", "annotations"},
 		{"unparsable quantity", db + "dataplane: {resources: {limits: {cpu: lots}}}\n", "server", "quantities must match"},
 	} {

@@ -56,3 +56,40 @@ func TestShutdownRefusesOpensInFlight(t *testing.T) {
 		<-agent.Done()
 	})
 }
+
+// TestWaitAccepted: nil once the peer accepted the stream; the refusal
+// (Retryable) when the peer had already sent GOAWAY.
+func TestWaitAccepted(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a, b := net.Pipe()
+		gate := make(chan struct{})
+		close(gate)
+		node, agent := sessionPair(t, gatedConn{Conn: a, gate: gate}, b, Config{}, Config{})
+		serveEcho(t, agent)
+		st, err := node.Open(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.WaitAccepted(t.Context()); err != nil {
+			t.Errorf("WaitAccepted on a stream the agent takes: %v", err)
+		}
+		st.Close()
+	})
+	synctest.Test(t, func(t *testing.T) {
+		a, b := net.Pipe()
+		gate := make(chan struct{})
+		node, agent := sessionPair(t, gatedConn{Conn: a, gate: gate}, b, Config{}, Config{})
+		serveEcho(t, agent)
+		agent.GoAway()
+		synctest.Wait()
+		st, err := node.Open(t.Context()) // before the node reads the GOAWAY
+		if err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		close(gate)
+		if err := st.WaitAccepted(t.Context()); !Retryable(err) {
+			t.Errorf("WaitAccepted on a stream the retiring agent refused: %v, want Retryable", err)
+		}
+	})
+}

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -53,6 +54,10 @@ type Stream struct {
 	aborted  bool  // reset: buffered data was dropped
 	err      error // why the stream failed: reset or session end
 	stopOpen func()
+	// settled is closed once the peer accepted the stream or it failed
+	// (WaitAccepted).
+	settled     chan struct{}
+	settledDone bool
 }
 
 func newStream(s *Session, id uint32, inbound bool) *Stream {
@@ -62,6 +67,7 @@ func newStream(s *Session, id uint32, inbound bool) *Stream {
 		inbound:    inbound,
 		readWake:   make(chan struct{}, 1),
 		writeWake:  make(chan struct{}, 1),
+		settled:    make(chan struct{}),
 		recvCredit: InitialWindow,
 		window:     InitialWindow,
 		charged:    InitialWindow, // reserved by the caller
@@ -369,9 +375,43 @@ func (st *Stream) Reset() error {
 	return nil
 }
 
+// settleLocked wakes WaitAccepted: the stream was accepted or failed.
+func (st *Stream) settleLocked() {
+	if !st.settledDone {
+		st.settledDone = true
+		close(st.settled)
+	}
+}
+
+// WaitAccepted waits until the peer accepted the stream, which Open does
+// not wait for. It returns nil then (and at once for a stream the peer
+// opened), the stream's error if it failed first — Retryable when the peer
+// refused it, so that what was written may be sent on another tunnel — or
+// ctx's error.
+func (st *Stream) WaitAccepted(ctx context.Context) error {
+	st.mu.Lock()
+	if st.inbound || st.accepted {
+		st.mu.Unlock()
+		return nil
+	}
+	st.mu.Unlock()
+	select {
+	case <-st.settled:
+	case <-ctx.Done():
+		return fmt.Errorf("wait for stream %d to be accepted: %w", st.id, ctx.Err())
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.accepted {
+		return nil
+	}
+	return st.err
+}
+
 // abortLocked fails the stream with err and drops its buffers.
 func (st *Stream) abortLocked(err error) {
 	st.err = err
+	st.settleLocked()
 	st.aborted = true
 	st.pending = nil
 	st.dropLocked()
@@ -435,6 +475,7 @@ func (st *Stream) remoteAccepted(delta uint32) error {
 		return fmt.Errorf("%w: second ACCEPT for stream %d", ErrProtocol, st.id)
 	}
 	st.accepted = true
+	st.settleLocked()
 	if st.stopOpen != nil {
 		st.stopOpen()
 		st.stopOpen = nil
@@ -561,6 +602,7 @@ func (st *Stream) sessionEnded(cause error) {
 	if st.err == nil {
 		st.err = cause
 	}
+	st.settleLocked()
 	st.pending = nil
 	if st.stopOpen != nil {
 		st.stopOpen()

@@ -17,6 +17,7 @@ import (
 	"github.com/kas-project/kas/dataplane/agentserver"
 	"github.com/kas-project/kas/dataplane/discovery"
 	"github.com/kas-project/kas/dataplane/relay"
+	"github.com/kas-project/kas/dataplane/tunnel"
 	"github.com/kas-project/kas/internal/obs"
 )
 
@@ -88,9 +89,7 @@ func (n *Node) DialAgent(ctx context.Context, agentID int64) (net.Conn, error) {
 // dialOnce tries the local tunnels, then every node the resolver knows.
 // retry says whether the agent seems to be moving (worth another try).
 func (n *Node) dialOnce(ctx context.Context, agentID int64) (net.Conn, bool, error) {
-	// The stream outlives ctx: once dialled, only the tunnel's open
-	// timeout applies, as with net.Dialer.
-	st, localErr := n.agents.Open(context.WithoutCancel(ctx), agentID)
+	st, localErr := openAccepted(ctx, n.agents, agentID)
 	if localErr == nil {
 		n.dials.local.Add(1)
 		return st, false, nil
@@ -254,4 +253,34 @@ func (n *Node) newTransport() *http.Transport {
 		IdleConnTimeout:       30 * time.Second,
 		ExpectContinueTimeout: time.Second,
 	}
+}
+
+// openAccepted opens a stream to the agent on a tunnel here and waits until
+// the agent accepted it. An agent that is retiring the tunnel refuses
+// streams the node opened before it read the agent's GOAWAY; nothing was
+// sent upstream then, so the caller tries again (another tunnel, another
+// node) instead of failing the request. Other failures (open timeout,
+// reset) are left to the stream's first Read or Write, as before.
+func openAccepted(ctx context.Context, agents *agentserver.Server, agentID int64) (net.Conn, error) {
+	// The stream outlives ctx: once dialled, only the tunnel's open
+	// timeout applies, as with net.Dialer.
+	conn, err := agents.Open(context.WithoutCancel(ctx), agentID)
+	if err != nil {
+		return nil, err
+	}
+	if st, ok := conn.(interface{ WaitAccepted(context.Context) error }); ok {
+		if err := st.WaitAccepted(ctx); tunnel.Retryable(err) {
+			conn.Close()
+			return nil, fmt.Errorf("open stream to agent %d: %w", agentID, err)
+		}
+	}
+	return conn, nil
+}
+
+// acceptedTunnels gives the relay server streams the agent accepted, so
+// that a refused one makes the relaying node try elsewhere.
+type acceptedTunnels struct{ agents *agentserver.Server }
+
+func (t acceptedTunnels) Open(ctx context.Context, agentID int64) (net.Conn, error) {
+	return openAccepted(ctx, t.agents, agentID)
 }

@@ -280,7 +280,7 @@ func New(opts Options) (_ *Node, err error) {
 	}
 	n.configs.open = n.agents.OpenTunnel
 	if n.relaySrv, err = relay.NewServer(relay.ServerOptions{
-		NodeID: opts.NodeID, Key: opts.PrivateAPISecretKey, ExtraKeys: opts.ExtraPrivateAPISecretKeys, Tunnels: n.agents,
+		NodeID: opts.NodeID, Key: opts.PrivateAPISecretKey, ExtraKeys: opts.ExtraPrivateAPISecretKeys, Tunnels: acceptedTunnels{n.agents},
 		Logger: opts.Logger.With("component", "relay-server"),
 	}); err != nil {
 		return nil, err

@@ -44,6 +44,10 @@ type dialCounters struct {
 // loaded, skipping tunnels that are going away), else relays through a node
 // that has one — one hop: that node only uses its own tunnels.
 //
+// DialAgent returns once the agent accepted the stream (one round trip on
+// the tunnel): a stream the agent refused because it was retiring that
+// tunnel is opened again elsewhere, as the request was not sent.
+//
 // When the agent has tunnels that cannot take the stream right now (they
 // are going away, or the node holding them has lost them), DialAgent
 // retries with backoff for up to Options.DialTimeout while the agent moves

@@ -76,7 +76,9 @@ var scenarios = map[string]scenario{
 			t0 := time.Now()
 			back := make(chan time.Duration, 1)
 			go func() {
-				if poll(e.cfg.phase, 20*time.Millisecond, func() bool { return e.tunnelsUp() == e.tunnelsWanted() }) == nil {
+				// First the agents notice, then they reconnect.
+				if poll(e.cfg.phase, 5*time.Millisecond, func() bool { return e.tunnelsUp() < e.tunnelsWanted() }) == nil &&
+					poll(e.cfg.phase, 20*time.Millisecond, func() bool { return e.tunnelsUp() == e.tunnelsWanted() }) == nil {
 					back <- time.Since(t0)
 				}
 				close(back)

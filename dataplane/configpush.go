@@ -15,9 +15,9 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/kas-project/kas/dataplane/agentserver"
 	dataplanev1 "github.com/kas-project/kas/gen/kas/dataplane/v1"
 	"github.com/kas-project/kas/gen/kas/dataplane/v1/dataplanev1connect"
-	"github.com/kas-project/kas/dataplane/agentserver"
 	"github.com/kas-project/kas/internal/agentconfig"
 )
 

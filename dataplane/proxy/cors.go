@@ -30,7 +30,7 @@ import (
 //     Access-Control-Allow-Origin (the origin), -Allow-Credentials: true,
 //     -Expose-Headers, and Origin merged into Vary.
 
-// Origin header names.
+// CORS header names and kas's fixed values.
 const (
 	originHeader         = "Origin"
 	acRequestMethod      = "Access-Control-Request-Method"

@@ -25,6 +25,13 @@
 // trusted header, Kas-Impersonation (package impersonation), which agentk
 // turns into Impersonate-* headers next to its own credentials.
 //
+// Browsers: a request with an Origin header must come from an origin in
+// Options.AllowedOrigins (dataplane.kubernetes_api.allowed_origins) or the
+// proxy's own, else it is refused with 403 before its credentials are
+// looked at; preflights from allowed origins are answered by the proxy
+// without credentials, and every answer to them carries kas's CORS
+// headers, never the API server's (cors.go, docs/cookie.md).
+//
 // Every error the proxy makes is a Kubernetes Status (status.go) with the
 // right code: 401 missing or invalid credential, 403 not allowed, 404
 // unknown agent, 503 agent not connected or control plane unavailable, 502

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -575,7 +574,7 @@ func TestDataplaneMisbehavingPeers(t *testing.T) {
 	}
 	settle()
 	framework.WaitRouted(t, env, bad.ID)
-	baseline := runtime.NumGoroutine()
+	baseline := framework.Goroutines()
 	goodStillServed := func() {
 		t.Helper()
 		if _, _, err := a.Get(ctx, good.Creds.ID, "/still-fine"); err != nil {
@@ -655,7 +654,7 @@ func TestDataplaneMisbehavingPeers(t *testing.T) {
 	})
 
 	settle()
-	framework.Eventually(t, fmt.Sprintf("goroutines back to %d", baseline), func() bool { return runtime.NumGoroutine() <= baseline })
+	framework.Eventually(t, fmt.Sprintf("goroutines back to %d", baseline), func() bool { return framework.Goroutines() <= baseline })
 	if n := a.Metric(t, "tunnel_handshakes_total", "result", "ok"); n != 5 {
 		t.Errorf("%v tunnels accepted, want 5", n)
 	}

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -119,4 +120,46 @@ next:
 		n++
 	}
 	return n
+}
+
+// Goroutines counts the process's goroutines, leaving out those of idle
+// HTTP keep-alive connections (a client's pooled connection, a server
+// waiting for the next request on one) and of test TCP proxies: how many
+// of those exist depends on how calls happened to overlap, not on leaks.
+// Compare it against a baseline taken the same way.
+func Goroutines() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	count := 0
+	for g := range strings.SplitSeq(string(buf), "\n\n") {
+		switch {
+		case strings.Contains(g, "net/http.(*persistConn).readLoop"),
+			strings.Contains(g, "net/http.(*persistConn).writeLoop"),
+			strings.Contains(g, "tests/framework.(*Proxy)"),
+			idleServerConn(g):
+			continue
+		}
+		count++
+	}
+	return count
+}
+
+// idleServerConn reports whether the goroutine stack g is an HTTP server
+// connection waiting for its next request: conn.serve peeking at the
+// connection, no handler running.
+func idleServerConn(g string) bool {
+	lines := strings.Split(g, "\n")
+	for k, l := range lines {
+		if strings.HasPrefix(l, "bufio.(*Reader).Peek(") {
+			return k+2 < len(lines) && strings.HasPrefix(lines[k+2], "net/http.(*conn).serve(")
+		}
+	}
+	return false
 }

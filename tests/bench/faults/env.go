@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -67,9 +66,9 @@ type env struct {
 
 type node struct {
 	*child
-	id                                        string
-	agentAddr, proxyAddr, privAddr, obsAddr   string
-	private                                   *cutter // in front of the private API; its address is the registered URL
+	id                                      string
+	agentAddr, proxyAddr, privAddr, obsAddr string
+	private                                 *cutter // in front of the private API; its address is the registered URL
 }
 
 type agentRun struct {
@@ -553,5 +552,3 @@ func (e *env) close() {
 		os.RemoveAll(e.dir)
 	}
 }
-
-var _ = io.Discard

@@ -39,10 +39,9 @@ type recorder struct {
 	sent, ok int
 	causes   map[string]int
 	lastFail time.Time
-	firstErr string
 
-	reest       atomic.Int64 // watches re-established
-	watchEvents atomic.Int64
+	reest         atomic.Int64 // watches re-established
+	watchEvents   atomic.Int64
 	watchOpenErrs map[string]int
 	samples       map[string]string // cause: first body or error
 }
@@ -284,58 +283,56 @@ func (e *env) startWrites(prefix string, writers int, pause time.Duration) *writ
 }
 
 func (w *writes) loop(ctx context.Context, e *env, prefix string, pause time.Duration) {
-	{
-		tick := time.NewTicker(max(pause, time.Millisecond))
-		defer tick.Stop()
-		for i := 0; ctx.Err() == nil; i++ {
-			name := fmt.Sprintf("%s-%d", prefix, i)
-			answered := new(atomic.Bool)
-			cctx, ccancel := context.WithTimeout(context.WithValue(ctx, answeredKey{}, answered), 5*time.Second)
-			_, err := e.mgmtW.CreateAgentToken(cctx, &mgmtv1.CreateAgentTokenRequest{AgentId: e.writesTo, Name: name})
-			ccancel()
-			if ctx.Err() != nil && err != nil {
-				w.mu.Lock()
-				w.unsure = append(w.unsure, name)
-				w.causes["stopped"]++
-				w.mu.Unlock()
-				return
-			}
+	tick := time.NewTicker(max(pause, time.Millisecond))
+	defer tick.Stop()
+	for i := 0; ctx.Err() == nil; i++ {
+		name := fmt.Sprintf("%s-%d", prefix, i)
+		answered := new(atomic.Bool)
+		cctx, ccancel := context.WithTimeout(context.WithValue(ctx, answeredKey{}, answered), 5*time.Second)
+		_, err := e.mgmtW.CreateAgentToken(cctx, &mgmtv1.CreateAgentTokenRequest{AgentId: e.writesTo, Name: name})
+		ccancel()
+		if ctx.Err() != nil && err != nil {
 			w.mu.Lock()
-			var ce *connect.Error
-			switch {
-			case err == nil:
-				w.ok = append(w.ok, name)
-			case answered.Load() && errors.As(err, &ce):
-				// A server answered: the write was refused.
-				w.refused[ce.Code().String()]++
-			default:
-				w.unsure = append(w.unsure, name)
-				// By what the transport saw (connect-go calls a reset
-				// "canceled").
-				c := cause(err, 0)
-				if c == "other" && errors.As(err, &ce) {
-					c = ce.Code().String()
-				}
-				w.causes[c]++
-			}
-			if err != nil {
-				k := "refused"
-				if !answered.Load() {
-					k = "no answer"
-				}
-				if _, ok := w.samples[k]; !ok {
-					w.samples[k] = err.Error()
-				}
-			}
+			w.unsure = append(w.unsure, name)
+			w.causes["stopped"]++
 			w.mu.Unlock()
-			if pause == 0 {
-				continue
+			return
+		}
+		w.mu.Lock()
+		var ce *connect.Error
+		switch {
+		case err == nil:
+			w.ok = append(w.ok, name)
+		case answered.Load() && errors.As(err, &ce):
+			// A server answered: the write was refused.
+			w.refused[ce.Code().String()]++
+		default:
+			w.unsure = append(w.unsure, name)
+			// By what the transport saw (connect-go calls a reset
+			// "canceled").
+			c := cause(err, 0)
+			if c == "other" && errors.As(err, &ce) {
+				c = ce.Code().String()
 			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
+			w.causes[c]++
+		}
+		if err != nil {
+			k := "refused"
+			if !answered.Load() {
+				k = "no answer"
 			}
+			if _, ok := w.samples[k]; !ok {
+				w.samples[k] = err.Error()
+			}
+		}
+		w.mu.Unlock()
+		if pause == 0 {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
 		}
 	}
 }
@@ -347,12 +344,12 @@ func (w *writes) stop() {
 
 // writeCheck is what the database holds of a write loop.
 type writeCheck struct {
-	ok, refused, unsure      int
-	lost, dup, phantom       int // done but absent; stored twice; refused but stored
-	unsureStored             int
-	refusedBy, unsureBy      string
-	samples                  map[string]string
-	err                      error
+	ok, refused, unsure int
+	lost, dup, phantom  int // done but absent; stored twice; refused but stored
+	unsureStored        int
+	refusedBy, unsureBy string
+	samples             map[string]string
+	err                 error
 }
 
 func (c writeCheck) String() string {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -62,6 +63,7 @@ func runStorm(ctx context.Context, e *env) result {
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = root
 	cmd.Stderr = logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "KAS_BENCH_SHORT=") {

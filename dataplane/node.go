@@ -165,7 +165,8 @@ func (o *Options) Validate() error {
 		add(fmt.Errorf("dataplane.controlplane_url: %w", err))
 	} else if len(o.PrivateAPISecretKey) == authn.KeySize {
 		signed := connect.WithInterceptors(authn.ClientInterceptor(
-			authn.NewSigner(o.PrivateAPISecretKey, authn.IssuerDataplane, authn.AudienceDataplane, o.NodeID)))
+			authn.NewSigner(o.PrivateAPISecretKey, authn.IssuerDataplane, authn.AudienceDataplane, o.NodeID)),
+			idempotencyKeys())
 		nodes := dataplanev1connect.NewNodeServiceClient(hc, base, signed)
 		if o.Authenticator.Auth == nil {
 			o.Authenticator.Auth = dataplanev1connect.NewAuthServiceClient(hc, base, signed)

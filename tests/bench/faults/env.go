@@ -465,6 +465,7 @@ type snapshot struct {
 	dbNodes, dbNotLive           int64
 	dbOpenTunnels                int64
 	agentTunnels                 int
+	perNode                      []string // "node-1 streams/goroutines"
 	err                          error
 }
 
@@ -478,6 +479,7 @@ func (e *env) snapshot(ctx context.Context) snapshot {
 		}
 		s.goroutines += m.goroutines
 		s.streams += m.liveStreams
+		s.perNode = append(s.perNode, fmt.Sprintf("%s %d/%d", n.id, m.liveStreams, m.goroutines))
 		s.tunnels += m.tunnels
 	}
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -494,8 +496,8 @@ func (s snapshot) String() string {
 	if s.err != nil {
 		return s.err.Error()
 	}
-	return fmt.Sprintf("goroutines %d, live streams %d, node tunnels %d, agent tunnels %d, db nodes %d (not live %d), db open tunnels %d",
-		s.goroutines, s.streams, s.tunnels, s.agentTunnels, s.dbNodes, s.dbNotLive, s.dbOpenTunnels)
+	return fmt.Sprintf("goroutines %d, live streams %d (streams/goroutines: %s), node tunnels %d, agent tunnels %d, db nodes %d (not live %d), db open tunnels %d",
+		s.goroutines, s.streams, strings.Join(s.perNode, ", "), s.tunnels, s.agentTunnels, s.dbNodes, s.dbNotLive, s.dbOpenTunnels)
 }
 
 // settled says whether the topology is whole again: every agent has its

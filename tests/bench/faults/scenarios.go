@@ -76,9 +76,18 @@ var scenarios = map[string]scenario{
 			t0 := time.Now()
 			back := make(chan time.Duration, 1)
 			go func() {
-				// First the agents notice, then they reconnect.
-				if poll(e.cfg.phase, 5*time.Millisecond, func() bool { return e.tunnelsUp() < e.tunnelsWanted() }) == nil &&
-					poll(e.cfg.phase, 20*time.Millisecond, func() bool { return e.tunnelsUp() == e.tunnelsWanted() }) == nil {
+				// Every tunnel up, none on the dead node.
+				if poll(e.cfg.phase, 10*time.Millisecond, func() bool {
+					if e.tunnelsUp() != e.tunnelsWanted() {
+						return false
+					}
+					for _, ar := range e.agents {
+						if slices.Contains(ar.a.Nodes(), n.id) {
+							return false
+						}
+					}
+					return true
+				}) == nil {
 					back <- time.Since(t0)
 				}
 				close(back)

@@ -329,10 +329,10 @@ func (s *Server) serveTunnel(w http.ResponseWriter, r *http.Request) {
 				return &tunnel.HTTPError{Status: http.StatusUnauthorized, Message: msgNoToken}
 			}
 			// A limited client is refused before its token is checked;
-			// only refused tokens keep the token they took.
+			// only refused tokens use up its allowance.
 			client, known := s.opts.FailedAuth.Client(r), s.openToken(tok)
 			if !known {
-				ok, wait := s.opts.FailedAuth.Take(client)
+				ok, wait := s.opts.FailedAuth.Take(r.Context(), client)
 				if !ok {
 					s.stats.refusedRateLimited.Add(1)
 					w.Header().Set("Retry-After", strconv.Itoa(int(wait/time.Second)))
@@ -341,8 +341,8 @@ func (s *Server) serveTunnel(w http.ResponseWriter, r *http.Request) {
 			}
 			refused := false
 			defer func() {
-				if !known && !refused {
-					s.opts.FailedAuth.Refund(client)
+				if !known {
+					s.opts.FailedAuth.Done(client, refused)
 				}
 			}()
 			ctx, cancel := context.WithTimeout(r.Context(), s.opts.AuthTimeout)

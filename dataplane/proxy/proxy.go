@@ -284,18 +284,16 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	dec, cached := p.auth.cached(cred)
 	if !cached {
 		// Only here is the control plane asked: a limited client is
-		// refused before it is, and only refusals keep their token.
+		// refused before it is, and only refusals use up its allowance.
 		client := p.opts.FailedAuth.Client(r)
-		if ok, wait := p.opts.FailedAuth.Take(client); !ok {
+		if ok, wait := p.opts.FailedAuth.Take(ctx, client); !ok {
 			w.Header().Set("Retry-After", strconv.Itoa(int(wait/time.Second)))
 			p.refuse(ctx, w, r, http.StatusTooManyRequests,
 				"kas: too many failed authentications from this address; retry later", nil)
 			return
 		}
 		dec, err = p.auth.authorize(ctx, cred)
-		if err != nil || dec.code == 0 {
-			p.opts.FailedAuth.Refund(client)
-		}
+		p.opts.FailedAuth.Done(client, err == nil && dec.code != 0)
 	}
 	if err != nil {
 		var cpErr *errControlPlane

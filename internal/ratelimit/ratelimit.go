@@ -5,7 +5,13 @@
 // Each client has a token bucket holding at most Burst tokens, refilled by
 // one token every Refill. A failed authentication takes a token; a client
 // with less than one token is limited until the bucket refills that far.
-// Successful authentications take nothing. A client whose bucket is full
+// Successful authentications take nothing. An attempt reserves a token
+// while it is in flight, so that a client never has more attempts in
+// flight than tokens left: a flood sent all at once costs at most Burst
+// questions before its failures limit it. An attempt that finds every
+// token reserved waits for one of those in flight to end instead of being
+// refused, so many good credentials arriving together from one address
+// (users behind one NAT) are slowed, not refused. A client whose bucket is full
 // again is forgotten, and at most MaxClients clients are tracked (the least
 // recently failed are forgotten first), so that a flood from many addresses
 // costs bounded memory.
@@ -21,6 +27,7 @@ package ratelimit
 
 import (
 	"container/list"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -112,13 +119,15 @@ type Limiter struct {
 	clients map[netip.Addr]*list.Element // of *bucket
 	lru     list.List                    // front: most recently failed
 
-	limited, taken, refunded atomic.Uint64
+	limited, failures atomic.Uint64
 }
 
 type bucket struct {
-	client netip.Addr
-	tokens float64
-	at     time.Time // when tokens was computed
+	client  netip.Addr
+	tokens  float64
+	at      time.Time     // when tokens was computed
+	pending int           // attempts in flight, each reserving a token
+	wake    chan struct{} // closed and replaced when an attempt ends
 }
 
 // New validates opts and returns a Limiter.
@@ -198,86 +207,108 @@ func (l *Limiter) refill(b *bucket, now time.Time) bool {
 	return false
 }
 
-// Take asks whether client may be authenticated now, and takes a token for
-// the attempt: call Refund when the attempt did not fail (the credential was
-// good, or the answer could not be had), so that only failures count.
-// Taking before the attempt, not after its failure, keeps many attempts in
-// flight at once from passing together. When client is limited, retryAfter
-// is how long until it may try again, at least a second, and the refusal is
-// counted.
-func (l *Limiter) Take(client netip.Addr) (ok bool, retryAfter time.Duration) {
+// Take asks whether client may be authenticated now and reserves a token
+// for the attempt; the caller must call Done with its outcome. When every
+// token the client has left is reserved by attempts in flight, Take waits
+// for one of them to end (or ctx to). When client is limited, retryAfter
+// is how long until it may try again, at least a second, and the refusal
+// is counted.
+func (l *Limiter) Take(ctx context.Context, client netip.Addr) (ok bool, retryAfter time.Duration) {
 	if l == nil {
 		return true, 0
 	}
-	now := l.opts.Clock()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	e, found := l.clients[client]
-	if found {
-		l.lru.MoveToFront(e)
-	} else {
-		l.sweepLocked(now)
-		if len(l.clients) >= l.opts.MaxClients {
-			l.forgetLocked(l.lru.Back())
+	for {
+		now := l.opts.Clock()
+		l.mu.Lock()
+		e, found := l.clients[client]
+		if found {
+			l.lru.MoveToFront(e)
+		} else {
+			l.sweepLocked(now)
+			if len(l.clients) >= l.opts.MaxClients {
+				l.forgetLocked(l.lru.Back())
+			}
+			e = l.lru.PushFront(&bucket{client: client, tokens: float64(l.opts.Burst), at: now, wake: make(chan struct{})})
+			l.clients[client] = e
 		}
-		e = l.lru.PushFront(&bucket{client: client, tokens: float64(l.opts.Burst), at: now})
-		l.clients[client] = e
+		b := e.Value.(*bucket)
+		l.refill(b, now)
+		switch {
+		case b.tokens < 1:
+			wait := time.Duration((1 - b.tokens) * float64(l.opts.Refill))
+			l.mu.Unlock()
+			l.limited.Add(1)
+			return false, max(wait.Round(time.Second), time.Second)
+		case b.tokens-float64(b.pending) >= 1:
+			b.pending++
+			l.mu.Unlock()
+			return true, 0
+		}
+		wake := b.wake
+		l.mu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			l.limited.Add(1)
+			return false, time.Second
+		}
 	}
-	b := e.Value.(*bucket)
-	l.refill(b, now)
-	if b.tokens >= 1 {
-		b.tokens--
-		l.taken.Add(1)
-		return true, 0
-	}
-	l.limited.Add(1)
-	wait := time.Duration((1 - b.tokens) * float64(l.opts.Refill))
-	return false, max(wait.Round(time.Second), time.Second)
 }
 
-// Refund gives back the token Take took for an attempt that did not fail.
-func (l *Limiter) Refund(client netip.Addr) {
+// Done ends an attempt Take allowed: a failed one keeps its token, any
+// other outcome (a good credential, no answer) gives it back.
+func (l *Limiter) Done(client netip.Addr, failed bool) {
 	if l == nil {
 		return
 	}
+	if failed {
+		l.failures.Add(1)
+	}
 	now := l.opts.Clock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.refunded.Add(1)
 	e, found := l.clients[client]
 	if !found {
-		return // forgotten meanwhile (evicted): nothing to give back
+		return // forgotten meanwhile (evicted): its waiters were woken then
 	}
 	b := e.Value.(*bucket)
-	b.tokens++
-	if l.refill(b, now) {
+	b.pending = max(b.pending-1, 0)
+	if failed {
+		l.refill(b, now)
+		b.tokens--
+	}
+	close(b.wake)
+	b.wake = make(chan struct{})
+	if b.pending == 0 && l.refill(b, now) {
 		l.forgetLocked(e)
 	}
 }
 
 // sweepLocked forgets a few of the least recently failed clients whose
-// buckets are full again: as many as Fail adds, so none stay long.
+// buckets are full again and idle: as many as Take adds, so none stay long.
 func (l *Limiter) sweepLocked(now time.Time) {
 	for range 2 {
 		e := l.lru.Back()
-		if e == nil || !l.refill(e.Value.(*bucket), now) {
+		if e == nil || e.Value.(*bucket).pending > 0 || !l.refill(e.Value.(*bucket), now) {
 			return
 		}
 		l.forgetLocked(e)
 	}
 }
 
+// forgetLocked drops a client; attempts waiting on it look again.
 func (l *Limiter) forgetLocked(e *list.Element) {
-	delete(l.clients, e.Value.(*bucket).client)
+	b := e.Value.(*bucket)
+	delete(l.clients, b.client)
 	l.lru.Remove(e)
+	close(b.wake)
 }
 
 // Stats are a Limiter's counters.
 type Stats struct {
 	// Limited counts requests refused because their client was limited.
 	Limited uint64
-	// Failures counts attempts that took a token and did not refund it:
-	// failed authentications (and attempts in flight).
+	// Failures counts failed authentications.
 	Failures uint64
 	// Clients is the number of clients tracked now.
 	Clients int
@@ -291,5 +322,5 @@ func (l *Limiter) Stats() Stats {
 	l.mu.Lock()
 	n := len(l.clients)
 	l.mu.Unlock()
-	return Stats{Limited: l.limited.Load(), Failures: l.taken.Load() - l.refunded.Load(), Clients: n}
+	return Stats{Limited: l.limited.Load(), Failures: l.failures.Load(), Clients: n}
 }

@@ -1,9 +1,11 @@
 package ratelimit
 
 import (
+	"context"
 	"net/http"
 	"net/netip"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -22,48 +24,63 @@ func mustNew(t *testing.T, o Options) *Limiter {
 	return l
 }
 
+// fail makes a failed attempt; it reports whether it was allowed.
+func fail(l *Limiter, a netip.Addr) (bool, time.Duration) {
+	ok, wait := l.Take(context.Background(), a)
+	if ok {
+		l.Done(a, true)
+	}
+	return ok, wait
+}
+
+// succeed makes a good attempt; it reports whether it was allowed.
+func succeed(l *Limiter, a netip.Addr) bool {
+	ok, _ := l.Take(context.Background(), a)
+	if ok {
+		l.Done(a, false)
+	}
+	return ok
+}
+
 func TestBurstThenRefill(t *testing.T) {
 	c := newClock()
 	l := mustNew(t, Options{Burst: 3, Refill: time.Second, Clock: c.now})
 	a, b := addr("192.0.2.1"), addr("192.0.2.2")
 	for i := range 3 {
-		if ok, _ := l.Take(a); !ok {
+		if ok, _ := fail(l, a); !ok {
 			t.Fatalf("failure %d: limited within the burst", i)
 		}
 	}
-	ok, wait := l.Take(a)
+	ok, wait := fail(l, a)
 	if ok || wait != time.Second {
 		t.Fatalf("after the burst: ok=%v retry after %v, want limited for 1s", ok, wait)
 	}
-	if ok, _ := l.Take(b); !ok {
+	if !succeed(l, b) {
 		t.Fatal("another client is limited too")
 	}
-	l.Refund(b)
 	c.add(999 * time.Millisecond)
-	if ok, _ := l.Take(a); ok {
+	if ok, _ := fail(l, a); ok {
 		t.Fatal("allowed before a token came back")
 	}
 	c.add(time.Millisecond)
-	if ok, _ := l.Take(a); !ok {
+	if ok, _ := fail(l, a); !ok {
 		t.Fatal("still limited after one refill")
 	}
-	if ok, _ := l.Take(a); ok {
+	if ok, _ := fail(l, a); ok {
 		t.Fatal("the refilled token was not taken")
 	}
 	// Successes take nothing: attempts that are refunded never limit.
 	for range 100 {
-		if ok, _ := l.Take(b); !ok {
-			t.Fatal("refunded attempts limited the client")
+		if !succeed(l, b) {
+			t.Fatal("good attempts limited the client")
 		}
-		l.Refund(b)
 	}
 	if s := l.Stats(); s.Limited != 3 || s.Failures != 4 || s.Clients != 1 {
 		t.Fatalf("stats %+v, want 3 limited, 4 failures, 1 client", s)
 	}
 	// A full bucket is forgotten.
 	c.add(time.Minute)
-	l.Take(a)
-	l.Refund(a)
+	succeed(l, a)
 	if s := l.Stats(); s.Clients != 0 {
 		t.Fatalf("%d clients tracked after their buckets refilled", s.Clients)
 	}
@@ -73,9 +90,9 @@ func TestRetryAfterRoundsToSeconds(t *testing.T) {
 	c := newClock()
 	l := mustNew(t, Options{Burst: 1, Refill: 10 * time.Second, Clock: c.now})
 	a := addr("192.0.2.1")
-	l.Take(a)
+	fail(l, a)
 	c.add(2400 * time.Millisecond)
-	if _, wait := l.Take(a); wait != 8*time.Second {
+	if _, wait := fail(l, a); wait != 8*time.Second {
 		t.Fatalf("retry after %v, want 8s", wait)
 	}
 }
@@ -84,21 +101,21 @@ func TestMemoryIsBounded(t *testing.T) {
 	c := newClock()
 	l := mustNew(t, Options{Burst: 2, Refill: time.Hour, MaxClients: 100, Clock: c.now})
 	for i := range 10_000 {
-		l.Take(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
+		fail(l, netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
 	}
 	if n := l.Stats().Clients; n != 100 {
 		t.Fatalf("%d clients tracked, want the bound 100", n)
 	}
 	// The most recent ones are kept.
 	last := netip.AddrFrom4([4]byte{10, 0, byte(9999 >> 8), byte(9999 & 0xff)})
-	l.Take(last)
-	if ok, _ := l.Take(last); ok {
+	fail(l, last)
+	if ok, _ := fail(l, last); ok {
 		t.Fatal("the most recent client was forgotten")
 	}
 	// Expired entries go as new ones come, before the bound is reached.
 	l2 := mustNew(t, Options{Burst: 1, Refill: time.Second, MaxClients: 1000, Clock: c.now})
 	for i := range 500 {
-		l2.Take(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}))
+		fail(l2, netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}))
 		c.add(100 * time.Millisecond)
 	}
 	if n := l2.Stats().Clients; n > 30 {
@@ -108,14 +125,81 @@ func TestMemoryIsBounded(t *testing.T) {
 
 func TestNilLimiterLimitsNothing(t *testing.T) {
 	var l *Limiter
-	l.Refund(addr("192.0.2.1"))
-	if ok, _ := l.Take(addr("192.0.2.1")); !ok {
+	l.Done(addr("192.0.2.1"), true)
+	if ok, _ := fail(l, addr("192.0.2.1")); !ok {
 		t.Fatal("nil limiter limited")
 	}
 	r, _ := http.NewRequest("GET", "/", nil)
 	r.RemoteAddr = "192.0.2.1:1234"
 	if got := l.Client(r); got != addr("192.0.2.1") {
 		t.Fatalf("client %v", got)
+	}
+}
+
+// TestAttemptsInFlightWaitForTokens: attempts in flight reserve tokens,
+// so that a flood sent at once asks at most Burst questions; further
+// attempts wait for an answer instead of being refused, and go through
+// when the answers are good (many users behind one address).
+func TestAttemptsInFlightWaitForTokens(t *testing.T) {
+	synctest.Test(t, testAttemptsInFlightWaitForTokens)
+}
+
+func testAttemptsInFlightWaitForTokens(t *testing.T) {
+	c := newClock()
+	l := mustNew(t, Options{Burst: 2, Refill: time.Hour, Clock: c.now})
+	a := addr("192.0.2.1")
+	ctx := context.Background()
+	for range 2 {
+		if ok, _ := l.Take(ctx, a); !ok {
+			t.Fatal("limited within the burst")
+		}
+	}
+	third := make(chan bool, 1)
+	go func() {
+		ok, _ := l.Take(ctx, a)
+		third <- ok
+	}()
+	synctest.Wait() // it must be waiting, not refused
+	select {
+	case <-third:
+		t.Fatal("a third attempt did not wait with both tokens reserved")
+	default:
+	}
+	l.Done(a, false) // a good credential: its token comes back
+	if !<-third {
+		t.Fatal("the waiting attempt was refused after a token came back")
+	}
+	l.Done(a, false)
+	l.Done(a, false)
+
+	// A flood: two questions in flight, the rest wait; both fail, and the
+	// waiting ones are refused without asking.
+	for range 2 {
+		if ok, _ := l.Take(ctx, a); !ok {
+			t.Fatal("limited within the burst")
+		}
+	}
+	waiting := make(chan bool, 5)
+	for range 5 {
+		go func() {
+			ok, _ := l.Take(ctx, a)
+			waiting <- ok
+		}()
+	}
+	l.Done(a, true)
+	l.Done(a, true)
+	for range 5 {
+		if <-waiting {
+			t.Fatal("an attempt of the flood was allowed after the burst failed")
+		}
+	}
+	// A waiting attempt whose context ends is refused.
+	l2 := mustNew(t, Options{Burst: 1, Refill: time.Hour, Clock: c.now})
+	l2.Take(ctx, a)
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if ok, _ := l2.Take(cctx, a); ok {
+		t.Fatal("an attempt whose context ended was allowed")
 	}
 }
 

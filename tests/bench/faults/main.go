@@ -143,6 +143,12 @@
 //     refusal; the unanswered ones are ambiguous to the client (1 of the 6
 //     unanswered in the control-plane kill was stored), and CreateAgentToken
 //     has no idempotency key, so a client that retries one creates two.
+//   - A partitioned node's relays hang until the relay's timeout: requests
+//     fail over, but some took 3-4 s (max latency of a short run's netcut).
+//   - After a rolling restart the agents' backoff has not started over
+//     (tunnels younger than 30 s), so a node killed soon after has its
+//     agents' tunnels back in ~4 s instead of ~1 s; requests do not fail
+//     (the other tunnel serves).
 //   - The baseline column is 30 s everywhere: the nodes keep idle pooled
 //     connections to agents (one tunnel stream each) for 30 s after the
 //     load stops; no goroutine, stream or database row is left after that.

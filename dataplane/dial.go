@@ -52,7 +52,8 @@ type dialCounters struct {
 // are going away, or the node holding them has lost them), DialAgent
 // retries with backoff for up to Options.DialTimeout while the agent moves
 // (also when, after such a try, no node holds a tunnel: the agent's new
-// tunnel is not known to the control plane yet); an agent with no tunnel
+// tunnel is not known to the control plane yet, and when its last tunnel
+// here closed within agentserver.MovingWindow); an agent with no tunnel
 // anywhere at the first try fails at once with ErrNotConnected. ctx
 // bounds the dial only, as with net.Dialer.
 func (n *Node) DialAgent(ctx context.Context, agentID int64) (net.Conn, error) {
@@ -98,7 +99,9 @@ func (n *Node) dialOnce(ctx context.Context, agentID int64) (net.Conn, bool, err
 		n.dials.local.Add(1)
 		return st, false, nil
 	}
-	seen := !errors.Is(localErr, agentserver.ErrNoTunnel)
+	// seen: the agent has tunnels here that cannot take the stream now,
+	// or had its last one here moments ago; either way it is moving.
+	seen := !errors.Is(localErr, agentserver.ErrNoTunnel) || errors.Is(localErr, agentserver.ErrMoving)
 
 	nodes, err := n.resolver.Resolve(ctx, agentID)
 	switch {

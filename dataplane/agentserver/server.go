@@ -75,6 +75,11 @@ var (
 	// ErrDraining: the node holds tunnels of the agent, but each is going
 	// away (GOAWAY sent or received); the agent is moving elsewhere.
 	ErrDraining = errors.New("the agent's tunnels on this node are going away")
+	// ErrMoving comes with ErrNoTunnel when the agent's last tunnel here
+	// closed within MovingWindow: the agent is likely moving to another
+	// node, whose report of the new tunnel may not have reached the
+	// control plane yet.
+	ErrMoving = errors.New("its last tunnel here closed moments ago")
 )
 
 // Authenticator checks agent tokens; *discovery.AgentAuthenticator is one.
@@ -205,7 +210,11 @@ type Server struct {
 	// but whose tunnel is not in byAgent yet: the agent already sees the
 	// tunnel up, so a dial in that window waits instead of failing.
 	handshaking map[int64]int
-	count       int
+	// left holds when each agent's last tunnel here closed, for
+	// MovingWindow; leftOrder the same in closing order, to forget them.
+	left      map[int64]time.Time
+	leftOrder []departure
+	count     int
 	draining    bool
 	closed      bool
 	changed     chan struct{} // closed and replaced when a tunnel comes or goes
@@ -265,6 +274,7 @@ func New(opts Options) (*Server, error) {
 		shutdownCtx:  sctx,
 		shutdownStop: sstop,
 		byAgent:      make(map[int64][]*entry),
+		left:         make(map[int64]time.Time),
 		changed:      make(chan struct{}),
 		wake:         make(chan struct{}, 1),
 		checks:       make(chan struct{}, opts.MaxTokenChecks),
@@ -525,6 +535,7 @@ func (s *Server) remove(e *entry) {
 	list = slices.Delete(slices.Clone(list), i, i+1)
 	if len(list) == 0 {
 		delete(s.byAgent, e.agentID)
+		s.departedLocked(e.agentID, time.Now())
 	} else {
 		s.byAgent[e.agentID] = list
 	}
@@ -654,6 +665,9 @@ func (s *Server) Open(ctx context.Context, agentID int64) (net.Conn, error) {
 		return nil, fmt.Errorf("open stream to agent %d on node %s: %w", agentID, s.opts.NodeID, ErrHandshaking)
 	}
 	if len(list) == 0 {
+		if s.moving(agentID, time.Now()) {
+			return nil, fmt.Errorf("open stream to agent %d on node %s: %w: %w", agentID, s.opts.NodeID, ErrNoTunnel, ErrMoving)
+		}
 		return nil, fmt.Errorf("open stream to agent %d on node %s: %w", agentID, s.opts.NodeID, ErrNoTunnel)
 	}
 	type cand struct {

@@ -56,6 +56,10 @@ func newDialer(r *resolved) *dialer {
 	tr.TLSClientConfig = r.tlsConfig
 	// A WebSocket handshake is HTTP/1.1.
 	tr.ForceAttemptHTTP2 = false
+	// Every handshake on a new connection: one a node refused (draining,
+	// busy) must not be retried over the same connection to the same node,
+	// but go through the load balancer again.
+	tr.DisableKeepAlives = true
 	return &dialer{
 		url:     r.tunnelURL,
 		version: r.Version,

@@ -215,12 +215,12 @@ type Server struct {
 	left      map[int64]time.Time
 	leftOrder []departure
 	count     int
-	draining    bool
-	closed      bool
-	changed     chan struct{} // closed and replaced when a tunnel comes or goes
-	rechecks    recheckQueue  // open tunnels by due recheck, earliest first
-	looping     bool          // the recheck loop runs
-	wake        chan struct{} // cap 1: the earliest recheck moved
+	draining  bool
+	closed    bool
+	changed   chan struct{} // closed and replaced when a tunnel comes or goes
+	rechecks  recheckQueue  // open tunnels by due recheck, earliest first
+	looping   bool          // the recheck loop runs
+	wake      chan struct{} // cap 1: the earliest recheck moved
 
 	stats counters
 }

@@ -154,6 +154,7 @@ type fakeNode struct {
 // attempt is one handshake the node saw.
 type attempt struct {
 	header http.Header
+	remote string // the connection's client address
 	status int
 	tunnel *nodeTunnel // nil when refused
 }
@@ -191,7 +192,7 @@ func newFakeNode(t testing.TB, tls bool) *fakeNode {
 func (n *fakeNode) url() string { return "ws" + strings.TrimPrefix(n.srv.URL, "http") }
 
 func (n *fakeNode) handle(w http.ResponseWriter, r *http.Request) {
-	a := attempt{header: r.Header.Clone()}
+	a := attempt{header: r.Header.Clone(), remote: r.RemoteAddr}
 	defer func() { n.attempts <- a }()
 	n.mu.Lock()
 	refuse, pick := n.refuse, n.pick

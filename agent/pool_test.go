@@ -224,8 +224,9 @@ func TestUnavailableNodeIsRetriedAfterRetryAfter(t *testing.T) {
 			return 0, ""
 		}
 	})
-	if a := h.node.next(t); a.status != http.StatusServiceUnavailable {
-		t.Fatalf("first attempt: %d", a.status)
+	first := h.node.next(t)
+	if first.status != http.StatusServiceUnavailable {
+		t.Fatalf("first attempt: %d", first.status)
 	}
 	// Backoff alone would retry at once (this random source draws 0);
 	// Retry-After holds it back.
@@ -235,11 +236,20 @@ func TestUnavailableNodeIsRetriedAfterRetryAfter(t *testing.T) {
 	}
 	h.node.noAttempt(t)
 	h.clock.Advance(d)
-	if a := h.node.next(t); a.status != http.StatusServiceUnavailable {
-		t.Fatalf("second attempt: %d", a.status)
+	second := h.node.next(t)
+	if second.status != http.StatusServiceUnavailable {
+		t.Fatalf("second attempt: %d", second.status)
 	}
 	h.clock.Advance(h.clock.waitTimer(t, "Retry-After", between(time.Second, time.Minute)))
-	h.node.nextTunnel(t)
+	third := h.node.next(t)
+	if third.tunnel == nil {
+		t.Fatalf("third attempt: %d", third.status)
+	}
+	// Each attempt on a connection of its own: through a load balancer, a
+	// refused one may reach another node.
+	if first.remote == second.remote || second.remote == third.remote {
+		t.Errorf("attempts from %s, %s, %s: a refused handshake's connection was reused", first.remote, second.remote, third.remote)
+	}
 	waitTunnels(t, h.a, 1)
 	if n := counterValue(t, h.a.m.connects.WithLabelValues("unavailable")); n != 2 {
 		t.Errorf("connects{result=unavailable} = %v", n)

@@ -43,6 +43,13 @@ type ResolverOptions struct {
 	StaleTTL time.Duration
 	// RPCTimeout bounds one lookup. Default 5 s.
 	RPCTimeout time.Duration
+	// StaleWait is how long a caller holding an expired answer (up to
+	// StaleTTL old) waits for a lookup before it is given that answer
+	// instead: a control plane that hangs (its database unreachable)
+	// costs the requests of connected agents this much, not RPCTimeout.
+	// The lookup goes on and refreshes the cache when it answers.
+	// Default 500 ms.
+	StaleWait time.Duration
 	Logger     *slog.Logger
 	Clock      Clock
 }
@@ -71,6 +78,9 @@ func (o *ResolverOptions) Validate() error {
 	if o.RPCTimeout <= 0 {
 		o.RPCTimeout = 5 * time.Second
 	}
+	if o.StaleWait <= 0 {
+		o.StaleWait = 500 * time.Millisecond
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -86,7 +96,8 @@ type ResolverStats struct {
 	Hits uint64
 	// Misses went to the control plane (or joined a lookup in flight).
 	Misses uint64
-	// Stale counts failed lookups answered with an expired entry instead.
+	// Stale counts failed or slow lookups answered with an expired entry
+	// instead.
 	Stale uint64
 	// Errors counts failed lookups with nothing to fall back on.
 	Errors uint64
@@ -136,22 +147,40 @@ func (r *Resolver) Close() { r.flight.close() }
 // (non-draining, then most tunnels), or none when the agent is not
 // connected elsewhere. Concurrent misses for one agent share one lookup.
 // When the control plane fails, a previous answer up to StaleTTL old is
-// returned instead of the error.
+// returned instead of the error; when it is slow, that answer is returned
+// after StaleWait.
 func (r *Resolver) Resolve(ctx context.Context, agentID int64) ([]Node, error) {
 	now := r.clock.Now()
 	r.mu.Lock()
-	if e := r.cache[agentID]; e != nil && now.Before(e.expires) {
-		nodes := slices.Clone(e.nodes)
-		r.mu.Unlock()
-		r.hits.Add(1)
-		return nodes, nil
+	var stale []Node
+	if e := r.cache[agentID]; e != nil {
+		if now.Before(e.expires) {
+			nodes := slices.Clone(e.nodes)
+			r.mu.Unlock()
+			r.hits.Add(1)
+			return nodes, nil
+		}
+		if len(e.nodes) > 0 && now.Sub(e.fetched) < r.opts.StaleTTL {
+			stale = slices.Clone(e.nodes)
+		}
 	}
 	r.mu.Unlock()
 	r.misses.Add(1)
-	nodes, err := r.flight.do(ctx, agentID, func(ctx context.Context) ([]Node, error) {
+	wait := ctx
+	if stale != nil {
+		var cancel context.CancelFunc
+		wait, cancel = context.WithTimeout(ctx, r.opts.StaleWait)
+		defer cancel()
+	}
+	nodes, err := r.flight.do(wait, agentID, func(ctx context.Context) ([]Node, error) {
 		return r.lookup(ctx, agentID)
 	})
-	if err != nil {
+	switch {
+	case err != nil && stale != nil && ctx.Err() == nil:
+		r.stale.Add(1)
+		r.opts.Logger.Debug("control plane lookup slow; using routes cached earlier", "agent_id", agentID, "wait", r.opts.StaleWait)
+		return stale, nil
+	case err != nil:
 		return nil, fmt.Errorf("resolve agent %d: %w", agentID, err)
 	}
 	return slices.Clone(nodes), nil

@@ -320,3 +320,40 @@ func TestResolverCloseAndValidate(t *testing.T) {
 		t.Fatalf("NewResolver error = %v, want %q", err, want)
 	}
 }
+
+// TestResolverServesStaleRoutesWhileControlPlaneHangs: a control plane that
+// does not answer (its database unreachable) costs a caller holding an
+// expired answer StaleWait, not the lookup's timeout; the lookup goes on
+// and its answer replaces the stale one. With nothing cached the caller
+// waits for the lookup.
+func TestResolverServesStaleRoutesWhileControlPlaneHangs(t *testing.T) {
+	clk := newFakeClock()
+	env := startControlPlane(t, clk)
+	seedNode(t, env, "node-b", map[int64]int{42: 1})
+	spy := newSpy(env.Nodes)
+	r := newResolver(t, spy, clk, nil)
+	r.opts.StaleWait = 20 * time.Millisecond
+	if got := ids(mustResolve(t, r, 42)); got != "[node-b:1]" {
+		t.Fatalf("Resolve(42) = %s", got)
+	}
+	seedNode(t, env, "node-c", map[int64]int{42: 2}) // known to the control plane only
+	clk.Advance(6 * time.Second)                     // the answer expired
+
+	release := spy.Hold("ResolveAgent")
+	if got := ids(mustResolve(t, r, 42)); got != "[node-b:1]" {
+		t.Fatalf("Resolve(42) with the lookup hanging = %s, want the stale answer", got)
+	}
+	if st := r.Stats(); st.Stale != 1 || st.Errors != 0 {
+		t.Fatalf("stats %+v, want 1 stale", st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := r.Resolve(ctx, 77); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Resolve(77) with nothing cached = %v, want the caller's deadline", err)
+	}
+	release()
+	spy.bc.WaitFor(t, "the lookup's answer cached", func() bool {
+		nodes, err := r.Resolve(context.Background(), 42)
+		return err == nil && ids(nodes) == "[node-c:2 node-b:1]"
+	})
+}

@@ -302,7 +302,16 @@ func (s *Server) isDraining() bool {
 // the load balancer again to find another node, not over this kept-alive
 // connection to a node that is draining or busy.
 func (s *Server) unavailable(w http.ResponseWriter, msg string) *tunnel.HTTPError {
-	w.Header().Set("Retry-After", strconv.Itoa(int((s.opts.RetryAfter+time.Second-1)/time.Second)))
+	retry := int((s.opts.RetryAfter + time.Second - 1) / time.Second)
+	if msg == msgDraining {
+		// Another node can take the agent now: the connection closes, so
+		// its next try goes through the load balancer, which stops
+		// sending to this node within a readiness period. Waiting the
+		// long Retry-After would leave an agent that had both tunnels
+		// here without any for that long.
+		retry = 1
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(retry))
 	w.Header().Set("Connection", "close")
 	return &tunnel.HTTPError{Status: http.StatusServiceUnavailable, Message: msg}
 }

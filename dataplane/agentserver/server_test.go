@@ -197,8 +197,9 @@ func TestShutdownClosesIdleTunnelsAndRefusesNewOnes(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable || !resp.Close {
-		t.Errorf("refusal while draining: status %d, connection closed %v; want 503 and Connection: close", resp.StatusCode, resp.Close)
+	if resp.StatusCode != http.StatusServiceUnavailable || !resp.Close || resp.Header.Get("Retry-After") != "1" {
+		t.Errorf("refusal while draining: status %d, connection closed %v, Retry-After %q; want 503, Connection: close and 1 (another node can take the agent now)",
+			resp.StatusCode, resp.Close, resp.Header.Get("Retry-After"))
 	}
 	// The idle tunnel closes; the busy one waits for its stream.
 	waitFor(t, "idle tunnel closed", func() bool { return e.srv.Tunnels() == 1 })

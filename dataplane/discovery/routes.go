@@ -50,8 +50,8 @@ type ResolverOptions struct {
 	// The lookup goes on and refreshes the cache when it answers.
 	// Default 500 ms.
 	StaleWait time.Duration
-	Logger     *slog.Logger
-	Clock      Clock
+	Logger    *slog.Logger
+	Clock     Clock
 }
 
 // Validate checks o and fills defaults, reporting every problem at once.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/kas-project/kas/dataplane"
 	mgmtv1 "github.com/kas-project/kas/gen/kas/management/v1"
+	"github.com/kas-project/kas/internal/cptest"
 	"github.com/kas-project/kas/internal/kascookie"
 	"github.com/kas-project/kas/tests/framework"
 )
@@ -37,15 +38,13 @@ func docRubyBlock(t *testing.T, name string) string {
 	return snippet
 }
 
-// A browser's session, as Rails makes it: the session is created through
-// the management API, sealed into _gitlab_kas by the Ruby of docs/cookie.md
-// run as it is, and the proxy lets the cookie in, with the CSRF token on
-// unsafe methods, as the user the agent's user_access names.
-func TestCookieFromTheDocumentedRubySnippet(t *testing.T) {
-	ruby := requireTool(t, "ruby", `require "openssl"; OpenSSL::KDF.respond_to?(:hkdf) or abort "no OpenSSL::KDF.hkdf"`)
-	snippet := docRubyBlock(t, "cookie.md")
+// startCookieAgent starts a control plane, a proxy node and an agent whose
+// configuration lets members of grp/devs in as themselves, and creates a
+// session for dora, a member.
+func startCookieAgent(t *testing.T, modify ...func(*dataplane.Options)) (*cptest.Env, *framework.ProxyNode, framework.AgentCreds, *mgmtv1.CreateSessionResponse) {
+	t.Helper()
 	env := framework.StartControlPlane(t)
-	node := framework.StartProxyNode(t, env, "node-a")
+	node := framework.StartProxyNode(t, env, "node-a", modify...)
 	creds := framework.CreateAgent(t, env, "web")
 	ctx := context.Background()
 	if _, err := env.Agents.PutAgentConfig(ctx, &mgmtv1.PutAgentConfigRequest{AgentId: creds.ID,
@@ -54,7 +53,6 @@ func TestCookieFromTheDocumentedRubySnippet(t *testing.T) {
 	}
 	framework.StartAgent(t, creds, node.AgentURL, 1)
 	framework.WaitRouted(t, env, creds.ID, node.ID)
-
 	sess, err := env.Credentials.CreateSession(ctx, &mgmtv1.CreateSessionRequest{
 		User:       &mgmtv1.UserIdentity{Id: 5, Username: "dora", Groups: []string{"grp/devs"}},
 		ExpiresAt:  timestamppb.New(time.Now().Add(time.Hour)),
@@ -63,6 +61,17 @@ func TestCookieFromTheDocumentedRubySnippet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return env, node, creds, sess
+}
+
+// A browser's session, as Rails makes it: the session is created through
+// the management API, sealed into _gitlab_kas by the Ruby of docs/cookie.md
+// run as it is, and the proxy lets the cookie in, with the CSRF token on
+// unsafe methods, as the user the agent's user_access names.
+func TestCookieFromTheDocumentedRubySnippet(t *testing.T) {
+	ruby := requireTool(t, "ruby", `require "openssl"; OpenSSL::KDF.respond_to?(:hkdf) or abort "no OpenSSL::KDF.hkdf"`)
+	snippet := docRubyBlock(t, "cookie.md")
+	env, node, creds, sess := startCookieAgent(t)
 	keyFile := filepath.Join(t.TempDir(), "api_secret_key")
 	if err := os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(env.APIKey)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -125,26 +134,9 @@ func TestCookieFromTheDocumentedRubySnippet(t *testing.T) {
 // refused, cookie or not.
 func TestCookieFromABrowserPage(t *testing.T) {
 	const gitlab = "https://gitlab.example.com"
-	env := framework.StartControlPlane(t)
-	node := framework.StartProxyNode(t, env, "node-a", func(o *dataplane.Options) {
+	env, node, creds, sess := startCookieAgent(t, func(o *dataplane.Options) {
 		o.KubernetesAPI.AllowedOrigins = []string{gitlab}
 	})
-	creds := framework.CreateAgent(t, env, "web")
-	ctx := context.Background()
-	if _, err := env.Agents.PutAgentConfig(ctx, &mgmtv1.PutAgentConfigRequest{AgentId: creds.ID,
-		Yaml: "user_access:\n  access_as: {user: {}}\n  groups: [{id: grp/devs}]\n"}); err != nil {
-		t.Fatal(err)
-	}
-	framework.StartAgent(t, creds, node.AgentURL, 1)
-	framework.WaitRouted(t, env, creds.ID, node.ID)
-	sess, err := env.Credentials.CreateSession(ctx, &mgmtv1.CreateSessionRequest{
-		User:       &mgmtv1.UserIdentity{Id: 5, Username: "dora", Groups: []string{"grp/devs"}},
-		ExpiresAt:  timestamppb.New(time.Now().Add(time.Hour)),
-		GroupPaths: []string{"grp/devs"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	cookie, err := kascookie.Encrypt(env.APIKey, sess.GetSessionId())
 	if err != nil {
 		t.Fatal(err)

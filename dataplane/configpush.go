@@ -58,8 +58,7 @@ type configPusher struct {
 	tunnels map[string]int64 // tunnel ID → agent ID
 	wake    chan struct{}    // capacity 1: a new tunnel needs a delivery
 
-	delivered atomic.Uint64 // successful deliveries, for tests and metrics
-	failing   atomic.Bool   // the last control-plane call failed (logged once)
+	failing atomic.Bool // the last control-plane call failed (logged once)
 }
 
 // agentConfigState is what the node knows of one agent's configuration.
@@ -235,8 +234,6 @@ func (p *configPusher) deliver(ctx context.Context) {
 							"agent_id", d.agentID, "tunnel_id", d.tunnelID, "config_version", d.version, "err", err)
 					}
 					continue
-				default:
-					p.delivered.Add(1)
 				}
 				p.mu.Lock()
 				if st := p.agents[d.agentID]; st != nil {
